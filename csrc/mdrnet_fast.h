@@ -1,0 +1,93 @@
+// Declarations of the mdrnet_fast CPU kernels, plus the argument checks they share.
+//
+// Kept to <ATen/core/Tensor.h> on purpose: this header is included by every kernel
+// translation unit, and pulling in <torch/extension.h> here would multiply build time.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace mdrnet_fast {
+
+// ---------------------------------------------------------------------------
+// Partial convolution epilogue (NVIDIA PartialConv2d semantics).
+// ---------------------------------------------------------------------------
+
+// raw:  conv2d(x * mask, weight) without bias, (B, Co, Ho, Wo), NCHW or channels_last.
+// mask: (B, Cm, H, W), Cm == 1 unless multi_channel, same dtype as raw, values in [0, 1].
+// bias: optional (Co,), same dtype as raw.
+// Returns {out, new_mask, grad_scale}:
+//   out        raw's dtype and memory format,
+//   new_mask   raw's dtype, NCHW contiguous, (B, 1, Ho, Wo), or (B, Co, Ho, Wo) if multi_channel,
+//   grad_scale float32 (float64 for float64 raw), (B, 1, Ho, Wo): d out / d raw.
+std::vector<at::Tensor> partial_conv_epilogue_forward(
+    const at::Tensor& raw, const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
+    int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+    double winsize, bool multi_channel);
+
+// Returns {grad_raw, grad_bias}. grad_raw = grad_out * grad_scale (broadcast over Co), in
+// grad_out's dtype and memory format. grad_bias[co] = sum grad_out * new_mask, in grad_out's
+// dtype; it is an undefined tensor (None in Python) when need_bias_grad is false, and then
+// new_mask is not read or checked (any tensor may be passed).
+std::vector<at::Tensor> partial_conv_epilogue_backward(
+    const at::Tensor& grad_out, const at::Tensor& grad_scale, const at::Tensor& new_mask,
+    bool need_bias_grad);
+
+// Window sums of the channel-summed mask: (B, 1, out_h, out_w), float32 (float64 for float64).
+at::Tensor partial_conv_mask_sum(
+    const at::Tensor& mask, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+    int64_t dh, int64_t dw, int64_t out_h, int64_t out_w);
+
+// ---------------------------------------------------------------------------
+// Shared argument checks. Messages name the argument and what was expected so that a
+// failure raised deep inside an autograd Function is still easy to trace to its caller.
+// ---------------------------------------------------------------------------
+namespace checks {
+
+inline void cpu_4d(const at::Tensor& t, const char* name, const char* layout = "(B, C, H, W)") {
+  TORCH_CHECK(t.defined(), name, " must be a defined tensor");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
+}
+
+inline void floating(const at::Tensor& t, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              name, " must be float32, float64, float16 or bfloat16, got ", st);
+}
+
+inline void same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name, " (",
+              ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+// Kernel size, stride and dilation must be >= 1, padding >= 0.
+inline void conv_params(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                        int64_t dh, int64_t dw) {
+  TORCH_CHECK(kh >= 1 && kw >= 1, "kernel size (kh, kw) must be >= 1, got (", kh, ", ", kw, ")");
+  TORCH_CHECK(sh >= 1 && sw >= 1, "stride (sh, sw) must be >= 1, got (", sh, ", ", sw, ")");
+  TORCH_CHECK(ph >= 0 && pw >= 0, "padding (ph, pw) must be >= 0, got (", ph, ", ", pw, ")");
+  TORCH_CHECK(dh >= 1 && dw >= 1, "dilation (dh, dw) must be >= 1, got (", dh, ", ", dw, ")");
+}
+
+// conv2d output extent: (in + 2p - d*(k-1) - 1) / s + 1; <= 0 when the kernel does not fit.
+inline int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;
+}
+
+// The output extent a caller claims (raw's Ho/Wo, or out_h/out_w) must be what conv2d gives.
+inline void conv_out_matches(const char* what, int64_t got, const char* in_name, int64_t in, int64_t k,
+                             int64_t s, int64_t p, int64_t d) {
+  const int64_t want = conv_out_size(in, k, s, p, d);
+  TORCH_CHECK(want >= 1, "the kernel (extent ", d * (k - 1) + 1, " with padding ", p,
+              ") does not fit in mask ", in_name, "=", in);
+  TORCH_CHECK(got == want, what, "=", got, " does not match conv2d's output size ", want, " for mask ",
+              in_name, "=", in, ", kernel ", k, ", stride ", s, ", padding ", p, ", dilation ", d,
+              " ((", in_name, " + 2p - d*(k-1) - 1)/s + 1)");
+}
+
+}  // namespace checks
+}  // namespace mdrnet_fast

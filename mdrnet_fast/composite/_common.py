@@ -1,0 +1,30 @@
+"""Helpers shared by the composite kernels."""
+import contextlib
+import functools
+
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def out_format(x: torch.Tensor) -> torch.memory_format:
+    """Outputs keep channels_last when the input is channels_last (and not also plain contiguous)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def no_autocast(fn):
+    """Kernels run in the dtypes they are given: the public op already applied the autocast policy."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        devices = {a.device.type for a in args if isinstance(a, torch.Tensor)}
+        with contextlib.ExitStack() as stack:
+            for d in devices:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper

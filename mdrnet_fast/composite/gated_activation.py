@@ -1,0 +1,38 @@
+"""act(feature) * sigmoid(gate) with its explicit gradient (reference/gated_conv.py defines it)."""
+import torch
+
+from .._dispatch import register_kernel
+from ..reference.gated_conv import activation
+from ._common import acc_dtype, no_autocast, out_format
+
+
+def activation_grad(f, name, negative_slope):
+    """d act(f) / d f."""
+    if name == "elu":
+        return torch.where(f > 0, torch.ones_like(f), torch.exp(f))
+    if name == "leaky_relu":
+        return torch.where(f > 0, torch.ones_like(f), torch.full_like(f, negative_slope))
+    if name == "relu":
+        return (f > 0).to(f.dtype)
+    return torch.ones_like(f)
+
+
+@register_kernel("gated_activation.forward", "composite")
+@no_autocast
+def forward(y, activation_name, negative_slope):
+    acc = acc_dtype(y.dtype)
+    f, g = y.to(acc).chunk(2, dim=1)
+    out = activation(f, activation_name, negative_slope) * torch.sigmoid(g)
+    return out.to(y.dtype).contiguous(memory_format=out_format(y))
+
+
+@register_kernel("gated_activation.backward", "composite")
+@no_autocast
+def backward(grad_out, y, activation_name, negative_slope):
+    acc = acc_dtype(y.dtype)
+    f, g = y.to(acc).chunk(2, dim=1)
+    go = grad_out.to(acc)
+    s = torch.sigmoid(g)
+    grad_f = go * s * activation_grad(f, activation_name, negative_slope)
+    grad_g = go * activation(f, activation_name, negative_slope) * s * (1 - s)
+    return torch.cat([grad_f, grad_g], dim=1).to(y.dtype).contiguous(memory_format=out_format(y))

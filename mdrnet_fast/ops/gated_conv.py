@@ -1,0 +1,73 @@
+"""gated_conv2d (SPEC §2): a conv (or partial conv) with 2*C_out outputs, then the custom op
+`mdrnet_fast::gated_activation` = act(feature half) * sigmoid(gate half)."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import reference
+from .._dispatch import get_kernel, resolve
+from ..reference.gated_conv import ACTIVATIONS
+from ._register import empty_like_format
+from .partial_conv import check_conv_args, check_mask, conv_dtypes, partial_conv2d_op
+
+
+@torch.library.custom_op("mdrnet_fast::gated_activation", mutates_args=())
+def gated_activation_op(y: Tensor, activation: str, negative_slope: float, backend: str) -> Tensor:
+    return get_kernel("gated_activation.forward", backend)(y, activation, negative_slope)
+
+
+@gated_activation_op.register_fake
+def _(y, activation, negative_slope, backend):
+    return empty_like_format(y, (y.shape[0], y.shape[1] // 2, *y.shape[2:]))
+
+
+@torch.library.custom_op("mdrnet_fast::gated_activation_backward", mutates_args=())
+def gated_activation_backward_op(grad_out: Tensor, y: Tensor, activation: str, negative_slope: float,
+                                 backend: str) -> Tensor:
+    return get_kernel("gated_activation.backward", backend)(grad_out, y, activation, negative_slope)
+
+
+@gated_activation_backward_op.register_fake
+def _(grad_out, y, activation, negative_slope, backend):
+    return empty_like_format(y, y.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    y, activation, negative_slope, backend = inputs
+    ctx.save_for_backward(y)
+    ctx.args = (activation, negative_slope, backend)
+
+
+def _backward(ctx, grad_out):
+    (y,) = ctx.saved_tensors
+    return gated_activation_backward_op(grad_out, y, *ctx.args), None, None, None
+
+
+gated_activation_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gated_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="elu",
+                 negative_slope=0.2, mask=None):
+    """Gated convolution (SPEC §2). weight (2*C_out, C_in/groups, kh, kw): first half feature, second gate.
+
+    activation in {"elu", "leaky_relu", "relu", "none"}. Returns out (B,C_out,Ho,Wo), or (out, new_mask)
+    when a (B,1,H,W) mask is given (then the conv is the partial conv of SPEC §1).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    stride, padding, dilation = check_conv_args(x, weight, bias, stride, padding, dilation, groups)
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight must have 2*C_out output channels (feature and gate), got {weight.shape[0]}")
+    x, weight, bias = conv_dtypes(x, weight, bias)
+    if mask is not None:
+        mask = check_mask(mask, x, (1,), "1")
+    backend = resolve("gated_activation", x.device)
+    if backend == "reference":
+        return reference.gated_conv2d(x, weight, bias, stride, padding, dilation, groups, activation,
+                                      float(negative_slope), mask)
+    if mask is None:
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return gated_activation_op(y, activation, float(negative_slope), backend)
+    y, new_mask, _ = partial_conv2d_op(x, mask.contiguous(), weight, bias, stride, padding, dilation, groups,
+                                       False, backend)
+    return gated_activation_op(y, activation, float(negative_slope), backend), new_mask

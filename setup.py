@@ -1,0 +1,76 @@
+"""Builds mdrnet_fast._C (csrc/cpu, always) and mdrnet_fast._C_cuda (csrc/cuda, when possible).
+
+MDRNET_FAST_BUILD_CUDA=1 forces the CUDA extension (fails loudly if it cannot be built),
+MDRNET_FAST_BUILD_CUDA=0 skips it; unset, it is built when torch has CUDA and nvcc is found.
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - we build against the installed torch only
+    sys.exit(
+        "mdrnet_fast builds its C++ extension against the installed torch: install torch first, "
+        "then `pip install --no-build-isolation -e .`"
+    )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(*patterns):
+    out = []
+    for pattern in patterns:
+        out += sorted(glob.glob(os.path.join("csrc", pattern)))
+    return out
+
+
+def _want_cuda():
+    flag = os.environ.get("MDRNET_FAST_BUILD_CUDA")
+    found = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if flag == "0":
+        return False
+    if flag == "1":
+        if not found:
+            sys.exit(
+                "MDRNET_FAST_BUILD_CUDA=1 but torch has no CUDA (torch.version.cuda=%r) or nvcc/CUDA_HOME "
+                "was not found (CUDA_HOME=%r)" % (torch.version.cuda, cpp_extension.CUDA_HOME)
+            )
+        return True
+    return found
+
+
+# -g0: no debug info (python adds -g); it roughly halves the build time of the pybind unit
+cxx_flags = ["-O3", "-fopenmp", "-g0"]
+if os.environ.get("MDRNET_FAST_NATIVE", "0") == "1":
+    cxx_flags.append("-march=native")
+
+ext_modules = [
+    cpp_extension.CppExtension(
+        "mdrnet_fast._C",
+        _sources("register.cpp", "cpu/*.cpp"),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+]
+
+if _want_cuda():
+    cuda_sources = _sources("cuda/*.cu", "cuda/*.cpp")
+    if cuda_sources:
+        ext_modules.append(
+            cpp_extension.CUDAExtension(
+                "mdrnet_fast._C_cuda",
+                cuda_sources,
+                include_dirs=[os.path.join(HERE, "csrc")],
+                extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3"]},
+            )
+        )
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,64 @@
+"""Backend availability, selection, forcing, and the once-only log of a slow path."""
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mdrnet_fast
+from mdrnet_fast import ops
+from mdrnet_fast._dispatch import _WARNED, resolve
+
+
+def test_backends_report_availability_and_reasons():
+    info = mdrnet_fast.backends()
+    assert set(info) == {"reference", "cpu", "triton", "cuda"}
+    for name, entry in info.items():
+        assert isinstance(entry["available"], bool)
+        assert entry["available"] or entry["reason"], f"{name} unavailable without a reason"
+    assert info["cpu"]["available"], info["cpu"]["reason"]  # CI builds the extension
+    assert "partial_conv2d.forward" in info["cpu"]["kernels"]
+
+
+def test_set_get_and_context_manager():
+    assert mdrnet_fast.get_backend() == "auto"
+    with mdrnet_fast.use_backend("reference"):
+        assert mdrnet_fast.get_backend() == "reference"
+        with mdrnet_fast.use_backend("cpu"):
+            assert mdrnet_fast.get_backend() == "cpu"
+        assert mdrnet_fast.get_backend() == "reference"
+    mdrnet_fast.set_backend("CPU")
+    assert mdrnet_fast.get_backend() == "cpu"
+
+
+def test_auto_picks_cpu_kernel_and_reference_otherwise():
+    cpu = torch.device("cpu")
+    assert resolve("partial_conv2d", cpu) == "cpu"
+    assert resolve("spade_modulate", cpu) == "reference"  # no cpu kernel yet
+
+
+def test_forcing_an_unavailable_backend_raises():
+    with mdrnet_fast.use_backend("cuda"), pytest.raises(RuntimeError, match="cuda"):
+        ops.spade_modulate(*(torch.randn(1, 2, 3, 3) for _ in range(3)))
+
+
+def test_env_var_selects_backend():
+    code = "import mdrnet_fast; print(mdrnet_fast.get_backend())"
+    env = dict(os.environ, MDRNET_FAST_BACKEND="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+    env["MDRNET_FAST_BACKEND"] = "nonsense"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "backend must be one of" in bad.stderr
+
+
+def test_missing_kernel_is_logged_once(caplog):
+    _WARNED.clear()
+    x = torch.randn(1, 2, 3, 3)
+    with caplog.at_level(logging.WARNING, logger="mdrnet_fast"), mdrnet_fast.use_backend("cpu"):
+        ops.spade_modulate(x, x, x)
+        ops.spade_modulate(x, x, x)
+    msgs = [r.getMessage() for r in caplog.records if "spade_modulate" in r.getMessage()]
+    assert len(msgs) == 1 and "no kernel" in msgs[0]
