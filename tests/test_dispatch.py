@@ -9,7 +9,7 @@ import torch
 
 import mdrnet_fast
 from mdrnet_fast import ops
-from mdrnet_fast._dispatch import _WARNED, resolve
+from mdrnet_fast._dispatch import _KERNELS, _WARNED, resolve
 
 
 def test_backends_report_availability_and_reasons():
@@ -33,10 +33,11 @@ def test_set_get_and_context_manager():
     assert mdrnet_fast.get_backend() == "cpu"
 
 
-def test_auto_picks_cpu_kernel_and_reference_otherwise():
+def test_auto_picks_cpu_kernel_and_reference_otherwise(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve("partial_conv2d", cpu) == "cpu"
-    assert resolve("spade_modulate", cpu) == "reference"  # no cpu kernel yet
+    monkeypatch.delitem(_KERNELS, ("spade_modulate.forward", "cpu"), raising=False)
+    assert resolve("spade_modulate", cpu) == "reference"
 
 
 def test_forcing_an_unavailable_backend_raises():
@@ -54,7 +55,9 @@ def test_env_var_selects_backend():
     assert bad.returncode != 0 and "backend must be one of" in bad.stderr
 
 
-def test_missing_kernel_is_logged_once(caplog):
+def test_missing_kernel_is_logged_once(caplog, monkeypatch):
+    for direction in ("forward", "backward"):
+        monkeypatch.delitem(_KERNELS, (f"spade_modulate.{direction}", "cpu"), raising=False)
     _WARNED.clear()
     x = torch.randn(1, 2, 3, 3)
     with caplog.at_level(logging.WARNING, logger="mdrnet_fast"), mdrnet_fast.use_backend("cpu"):
