@@ -9,7 +9,6 @@ from torch import Tensor
 from .. import reference
 from .._dispatch import get_kernel, resolve
 from . import _checks
-from ._register import empty_like_format
 
 
 def _check_labels(seg: Tensor, num_classes: int) -> None:
@@ -81,7 +80,7 @@ def _broadcast_backward(ctx, grad_out):
 region_broadcast_op.register_autograd(_broadcast_backward, setup_context=_broadcast_setup)
 
 
-def _prepare_seg(seg, num_classes: Optional[int], b: int, size, what: str) -> Tuple[Tensor, int]:
+def _prepare_seg(seg, num_classes: Optional[int], b: int, size) -> Tuple[Tensor, int]:
     """Checks seg and returns it at `size` as float weights or int64 labels, with n."""
     if not isinstance(seg, Tensor):
         raise TypeError(f"seg must be a torch.Tensor, got {type(seg).__name__}")
@@ -116,7 +115,7 @@ def region_avg_pool(feat, seg, num_classes=None):
     """
     _checks.tensor("feat", feat, 4)
     _checks.same_device(feat=feat, seg=seg)
-    seg, n = _prepare_seg(seg, num_classes, feat.shape[0], feat.shape[-2:], "feat")
+    seg, n = _prepare_seg(seg, num_classes, feat.shape[0], feat.shape[-2:])
     backend = resolve("region_pool", feat.device)
     if backend == "reference":
         return reference.region_avg_pool(feat, seg, n)
@@ -128,11 +127,8 @@ def region_broadcast(codes, seg, num_classes=None):
     """out[b,:,h,w] = sum_i seg[b,i,h,w] * codes[b,i,:] (SPEC §3), at seg's resolution; (B,C,H,W)."""
     _checks.tensor("codes", codes, 3)
     _checks.same_device(codes=codes, seg=seg)
-    if isinstance(seg, Tensor) and seg.dim() >= 3:
-        size = seg.shape[-2:]
-    else:
-        raise ValueError(f"seg must be (B,n,H,W) float or (B,H,W) labels, got {getattr(seg, 'shape', seg)!r}")
-    seg, n = _prepare_seg(seg, num_classes, codes.shape[0], size, "seg")
+    size = seg.shape[-2:] if isinstance(seg, Tensor) else None  # broadcast keeps seg's own size
+    seg, n = _prepare_seg(seg, num_classes, codes.shape[0], size)
     if codes.shape[1] != n:
         raise ValueError(f"codes must have shape (B, n={n}, C) to match seg, got {tuple(codes.shape)}")
     backend = resolve("region_broadcast", codes.device)

@@ -1,0 +1,134 @@
+"""Comparison table and bar chart from a pytest-benchmark JSON written by bench/test_bench_ops.py.
+
+    rows = build_table(load("bench/results/cpu-2t-....json"))
+    print(format_table(rows))
+    plot(rows, "bench.png")
+
+Speed-ups compare medians (robust to the odd slow round); > 1 means faster than the baseline.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Union
+
+
+@dataclass
+class Row:
+    group: str                      # "<op>/<mode>/<shape tag>@<device>"
+    impl: str                       # reference, cpu, triton, cuda, compile, conv2d
+    mean_ms: float
+    median_ms: float
+    rounds: int
+    vs_reference: Optional[float]   # reference median / this median
+    vs_compile: Optional[float]     # compile median / this median
+    over_conv2d: Optional[float]    # this median / plain F.conv2d median (conv ops only)
+    real_kernel: Optional[bool]     # fast backends: has its own kernels (False = composite PyTorch path)
+
+
+def load(path: Union[str, Path]) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def build_table(data: dict) -> List[Row]:
+    """One row per (group, impl), in the order the benchmarks ran."""
+    medians, rows = {}, []
+    for b in data["benchmarks"]:
+        medians[(b["group"], b["extra_info"].get("impl"))] = b["stats"]["median"]
+
+    def ratio(num, den):
+        return num / den if num is not None and den else None
+
+    for b in data["benchmarks"]:
+        info, stats, group = b["extra_info"], b["stats"], b["group"]
+        impl, med = info.get("impl", b["name"]), stats["median"]
+        rows.append(Row(group=group, impl=impl, mean_ms=stats["mean"] * 1e3, median_ms=med * 1e3,
+                        rounds=stats["rounds"],
+                        vs_reference=ratio(medians.get((group, "reference")), med),
+                        vs_compile=ratio(medians.get((group, "compile")), med),
+                        over_conv2d=ratio(med, medians.get((group, "conv2d"))),
+                        real_kernel=info.get("real_kernel")))
+    order = {g: i for i, g in enumerate(dict.fromkeys(r.group for r in rows))}
+    return sorted(rows, key=lambda r: order[r.group])  # stable: keeps the impl order within a group
+
+
+def describe_run(data: dict) -> str:
+    """One line on the run: torch, threads, quick or not, and the fast backends it had (or why not)."""
+    info = data.get("machine_info", {})
+    parts = [f"torch {info.get('torch', '?')}", f"{info.get('torch_threads', '?')} threads"]
+    if info.get("cuda_device"):
+        parts.append(info["cuda_device"])
+    if info.get("quick"):
+        parts.append("quick shapes")
+    for name, b in info.get("mdrnet_fast_backends", {}).items():
+        if name != "reference":
+            parts.append(f"{name}: " + (f"{len(b['kernels'])} kernels" if b["available"]
+                                        else f"unavailable ({b.get('reason') or '?'})"))
+    return "; ".join(parts)
+
+
+def format_table(rows: List[Row]) -> str:
+    """Fixed-width text; the group is printed on its first row only."""
+    def x(v):
+        return f"{v:.2f}x" if v is not None else "-"
+
+    def kernel(r):
+        return "-" if r.real_kernel is None else ("yes" if r.real_kernel else "composite")
+
+    head = ("group", "impl", "kernel", "mean ms", "median ms", "vs ref", "vs compile", "/ conv2d")
+    body, last = [], None
+    for r in rows:
+        body.append((r.group if r.group != last else "", r.impl, kernel(r), f"{r.mean_ms:.3f}", f"{r.median_ms:.3f}",
+                     x(r.vs_reference), x(r.vs_compile), x(r.over_conv2d)))
+        last = r.group
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    lines = []
+    for i, cells in enumerate([head, *body]):
+        if i > 1 and cells[0]:
+            lines.append("")  # a blank line between groups
+        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot(rows: List[Row], path: Union[str, Path]) -> None:
+    """Horizontal bar chart of the speed-up over `reference`, per group and impl (log scale)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display needed (servers, CI)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("plotting needs matplotlib: pip install 'mdrnet_fast[plot]'") from exc
+
+    groups = list(dict.fromkeys(r.group for r in rows))
+    impls = [i for i in dict.fromkeys(r.impl for r in rows) if i != "reference"]
+    by_key = {(r.group, r.impl): r.vs_reference for r in rows}
+    bar = 0.8 / max(len(impls), 1)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(groups) * max(len(impls), 1)))
+    for k, impl in enumerate(impls):
+        ys = [g_i + (k - (len(impls) - 1) / 2) * bar for g_i, g in enumerate(groups) if by_key.get((g, impl))]
+        xs = [by_key[(g, impl)] for g in groups if by_key.get((g, impl))]
+        # bars grow from 1x: right = faster than reference, left = slower
+        ax.barh(ys, [x - 1 for x in xs], left=1, height=bar, label=impl)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    values = [v for v in by_key.values() if v]
+    if values:  # symmetric around 1x, so faster and slower read alike
+        lim = max(2.0, max(max(values), 1 / min(values)) * 1.3)
+        ax.set_xlim(1 / lim, lim)
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels(groups, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up over reference (median; > 1 is faster)")
+    lo, hi = ax.get_xlim()
+    ax.set_xticks([m * 10.0 ** e for e in range(-4, 5) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
