@@ -1,0 +1,51 @@
+"""Building blocks shared by the MDRNet sub-networks."""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn import SPADE, GatedConv2d
+
+
+class GatedResBlock(nn.Module):
+    """x + gated_conv(gated_conv(x)) (DeepFillv2-style gated convolutions, 3x3, 'same' size)."""
+
+    def __init__(self, channels, dilation=1):
+        super().__init__()
+        self.conv1 = GatedConv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.conv2 = GatedConv2d(channels, channels, 3, padding=1, activation="none")
+
+    def forward(self, x):
+        return x + self.conv2(self.conv1(x))
+
+
+class SPADEResBlock(nn.Module):
+    """SPADE residual block (Park et al. 2019): two SPADE-ReLU-conv stages, learned shortcut if needed."""
+
+    def __init__(self, in_channels, out_channels, cond_channels, hidden_channels=128):
+        super().__init__()
+        mid = min(in_channels, out_channels)
+        self.norm1 = SPADE(in_channels, cond_channels, hidden_channels)
+        self.conv1 = nn.Conv2d(in_channels, mid, 3, padding=1)
+        self.norm2 = SPADE(mid, cond_channels, hidden_channels)
+        self.conv2 = nn.Conv2d(mid, out_channels, 3, padding=1)
+        self.shortcut = None
+        if in_channels != out_channels:
+            self.norm_s = SPADE(in_channels, cond_channels, hidden_channels)
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x, cond):
+        skip = x if self.shortcut is None else self.shortcut(self.norm_s(x, cond))
+        h = self.conv1(F.leaky_relu(self.norm1(x, cond), 0.2))
+        h = self.conv2(F.leaky_relu(self.norm2(h, cond), 0.2))
+        return skip + h
+
+
+def conv_block(cin, cout, k=3, stride=1, norm=True, act="relu"):
+    """Conv (+ instance norm) + activation: the plain convs of the parser, style encoder and critic."""
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)]  # a norm cancels any bias
+    if norm:
+        layers.append(nn.InstanceNorm2d(cout, affine=True))
+    if act == "relu":
+        layers.append(nn.ReLU(inplace=True))
+    elif act == "lrelu":
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)

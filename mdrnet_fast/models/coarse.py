@@ -1,0 +1,54 @@
+"""The coarse network: a U-Net of partial convolutions (Liu et al. 2018), producing the coarse face P."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn import PartialConv2d
+
+
+class PartialConvUNet(nn.Module):
+    """NVIDIA-style PConv U-Net: `depth` stride-2 partial convs (kernels 7, 5, 5, 3, ...), then nearest
+    upsampling, skip concatenation of features and masks, and 3x3 partial convs back to full size.
+
+    Masks are multi-channel (one per feature channel) as in the original. forward(image, mask) with
+    image (B,3,H,W) in [-1,1] and mask (B,1,H,W), 1 = valid; H and W multiples of 2**depth.
+    """
+
+    def __init__(self, in_channels=3, out_channels=3, base_channels=64, depth=7, max_channels=512):
+        super().__init__()
+        self.depth = depth
+        widths = [min(base_channels * 2 ** i, max_channels) for i in range(depth)]
+        kernels = [7, 5, 5] + [3] * max(depth - 3, 0)
+        self.enc, self.enc_bn = nn.ModuleList(), nn.ModuleList()
+        cin = in_channels
+        for i, (w, k) in enumerate(zip(widths, kernels)):
+            self.enc.append(PartialConv2d(cin, w, k, stride=2, padding=k // 2, bias=i == 0,
+                                          multi_channel=True, return_mask=True))
+            self.enc_bn.append(nn.Identity() if i == 0 else nn.BatchNorm2d(w))
+            cin = w
+        self.dec, self.dec_bn = nn.ModuleList(), nn.ModuleList()
+        skips = [in_channels] + widths[:-1]
+        for i in reversed(range(depth)):
+            last = i == 0
+            cout = out_channels if last else skips[i]
+            self.dec.append(PartialConv2d(cin + skips[i], cout, 3, padding=1, bias=last, multi_channel=True,
+                                          return_mask=True))
+            self.dec_bn.append(nn.Identity() if last else nn.BatchNorm2d(cout))
+            cin = cout
+
+    def forward(self, image, mask):
+        h, m = image, mask.to(image.dtype).expand(-1, image.shape[1], -1, -1)
+        feats, masks = [h], [m]
+        for conv, bn in zip(self.enc, self.enc_bn):
+            h, m = conv(h, m)
+            h = F.relu(bn(h))
+            feats.append(h)
+            masks.append(m)
+        feats.pop(), masks.pop()
+        for j, (conv, bn) in enumerate(zip(self.dec, self.dec_bn)):
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            m = F.interpolate(m, scale_factor=2, mode="nearest")
+            h, m = conv(torch.cat([h, feats.pop()], 1), torch.cat([m, masks.pop()], 1))
+            if j < self.depth - 1:
+                h = F.leaky_relu(bn(h), 0.2)
+        return h

@@ -1,0 +1,94 @@
+"""MDRNet: the Memory-Disentangled Refinement Network of ShowFace (ACM MM 2022, §3)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..nn import DisentangledMemory, MaskedCorrelationMining
+from .coarse import PartialConvUNet
+from .parser import FaceParser
+from .refinement import GuidedRefinementNetwork, StyleEncoder
+
+
+@dataclass
+class MDRNetOutput:
+    output: torch.Tensor                  # composited result  refined*(1-M) + image*M
+    coarse: torch.Tensor                  # P, the coarse network's face
+    refined: torch.Tensor                 # I_hat, the refinement network's face
+    segmentation: Optional[torch.Tensor]  # (B,n,H,W) parser logits (None when labels were given)
+    labels: torch.Tensor                  # (B,H,W) semantic labels used by the memory and MREM
+    q: torch.Tensor                       # (B,n,C) region codes of the coarse face
+    v: torch.Tensor                       # (B,n,C) region codes of the valid area
+    present: torch.Tensor                 # (B,n) region present in the valid area
+    q_hat: torch.Tensor                   # (B,n,C) memory read
+
+
+class MDRNet(nn.Module):
+    """model(image, mask, segmentation=None) -> MDRNetOutput.
+
+    image (B,3,H,W) in [-1,1]; mask (B,1,H,W), 1 = valid. `segmentation` may be given (ground-truth
+    maps: (B,n,H,W) float or (B,H,W) labels); otherwise the parser segments the coarse face. Pass
+    `parser=` to use your own parser module (it must return (B,n,H,W) logits). The memory is updated
+    in training mode only. Every size is an argument; defaults follow the paper (256², n=14, m=128).
+    """
+
+    def __init__(self, image_size=256, num_classes=14, memory_slots=128, base_channels=64, style_channels=256,
+                 patch_size=2, coarse_depth=None, feature_down=2, gated_blocks=4, spade_blocks=2, spade_hidden=128,
+                 memory_alpha=0.9, memory_tau=1.0, parser: Optional[nn.Module] = None, parser_channels=32,
+                 mcm_channels=None):
+        super().__init__()
+        depth = coarse_depth or min(7, int(math.log2(image_size)) - 1)
+        if image_size % 2 ** max(depth, feature_down):
+            raise ValueError(f"image_size={image_size} must be a multiple of 2**{max(depth, feature_down)}")
+        self.image_size, self.num_classes = image_size, num_classes
+        self.coarse = PartialConvUNet(3, 3, base_channels, depth)
+        self.parser = parser if parser is not None else FaceParser(num_classes, parser_channels)
+        self.style = StyleEncoder(style_channels, base_channels, feature_down)
+        self.memory = DisentangledMemory(style_channels, num_classes, memory_slots, memory_alpha, memory_tau)
+        self.mcm = MaskedCorrelationMining(style_channels, mcm_channels, patch_size)
+        self.refine = GuidedRefinementNetwork(base_channels, feature_down, gated_blocks, spade_blocks,
+                                              style_channels, spade_hidden)
+
+    def forward(self, image, mask, segmentation=None) -> MDRNetOutput:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B,3,H,W), got {tuple(image.shape)}")
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"mask must be (B,1,H,W) = ({image.shape[0]},1,{image.shape[2]},{image.shape[3]}), "
+                             f"got {tuple(mask.shape)}")
+        mask = mask.to(image.dtype)
+        coarse = self.coarse(image * mask, mask)
+        p = coarse * (1 - mask) + image * mask  # the coarse face, known pixels kept
+
+        logits = None
+        if segmentation is None:
+            logits = self.parser(p)
+            labels = logits.argmax(1)
+        elif segmentation.is_floating_point():
+            logits, labels = segmentation, segmentation.argmax(1)
+        else:
+            labels = segmentation.long()
+
+        f_s = self.style(p)
+        size = f_s.shape[-2:]
+        small = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        valid = F.interpolate(mask, size=size, mode="nearest")
+        n = self.num_classes
+        q = ops.region_avg_pool(f_s, small, n)                      # Q: over all of S
+        valid_seg = F.one_hot(small, n).permute(0, 3, 1, 2).to(f_s.dtype) * valid
+        v = ops.region_avg_pool(f_s, valid_seg)                     # V: over S restricted to the valid area
+        present = valid_seg.sum(dim=(2, 3)) > 0
+        q_hat = self.memory(q, v, present)                          # DMM: update (training), then read
+
+        # MREM: valid area from V, holes from the memory, then masked correlation mining
+        fused = ops.region_broadcast(v, small, n) * valid + ops.region_broadcast(q_hat, small, n) * (1 - valid)
+        f_f = self.mcm(fused, valid)
+
+        refined = self.refine(p, mask, f_f)
+        output = refined * (1 - mask) + image * mask
+        return MDRNetOutput(output, coarse, refined, logits, labels, q, v, present, q_hat)
