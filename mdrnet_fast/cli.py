@@ -169,7 +169,14 @@ def _run_bench_report(args) -> int:
 
 # --------------------------------------------------------------------------- entry point
 
-SUBCOMMANDS = [_add_backends, _add_bench, _add_bench_report]
+def _add_model_commands(sub) -> None:
+    from .commands import evaluate, inpaint, train
+
+    for command in (train, inpaint, evaluate):
+        command.add_parser(sub)
+
+
+SUBCOMMANDS = [_add_model_commands, _add_backends, _add_bench, _add_bench_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,15 @@
 """DisentangledMemory: the DMM of ShowFace (§3.2), n semantic blocks of m slots."""
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .. import ops
+
+
+def _all_gather_cat(t):
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
 
 
 class DisentangledMemory(nn.Module):
@@ -20,8 +27,15 @@ class DisentangledMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, q, v, present):
-        """Applies the update and returns the chosen slots (B,n), -1 where absent."""
-        return ops.memory_update_(self.memory, q.detach(), v.detach(), present, self.alpha)
+        """Applies the update and returns the chosen slots (B,n), -1 where absent.
+
+        Under torch.distributed (initialised, world size > 1) q, v and present are first gathered from
+        every rank, so each replica applies the same update to the same memory (SPEC §4); the returned
+        slots are then those of the gathered batch, in rank order. Ranks must pass equal batch sizes.
+        """
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            q, v, present = (_all_gather_cat(t) for t in (q.detach(), v.detach(), present.to(torch.uint8)))
+        return ops.memory_update_(self.memory, q.detach(), v.detach(), present.bool(), self.alpha)
 
     def forward(self, q, v=None, present=None):
         if self.training and v is not None:

@@ -1,0 +1,1 @@
+"""The model commands of `mdrnet-fast`: train, inpaint, eval (one module each)."""

@@ -1,0 +1,70 @@
+"""Pieces shared by the model commands: presets, checkpoints, image I/O, sample grids."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Model sizes. `paper` is ShowFace's (256², n=14, m=128); `cpu-demo` trains in minutes on 2 CPU cores.
+PRESETS = {
+    "paper": dict(image_size=256, base_channels=64, style_channels=256, memory_slots=128, parser_channels=32,
+                  gated_blocks=4, spade_blocks=2, spade_hidden=128),
+    "cpu-demo": dict(image_size=64, base_channels=16, style_channels=32, memory_slots=16, parser_channels=8,
+                     gated_blocks=1, spade_blocks=1, spade_hidden=32),
+}
+
+
+def default_preset() -> str:
+    return "paper" if torch.cuda.is_available() else "cpu-demo"
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"mdrnet-fast: checkpoint {path} not found")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3,H,W) in [-1,1] -> (H,W,3) uint8."""
+    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image)).save(path)
+
+
+def sample_grid(rows, path: Path) -> None:
+    """rows: list of (3,H,W) tensor lists, e.g. [input, coarse, output, truth] per sample -> one PNG."""
+    from PIL import Image
+
+    tiles = [np.concatenate([to_uint8(t) for t in row], axis=1) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(path)

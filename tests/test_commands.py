@@ -1,0 +1,75 @@
+"""The model commands: train (stages, checkpoints, exact resume), inpaint and eval."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mdrnet_fast.cli import main
+
+TINY = ["--image-size", "32", "--batch-size", "2", "--synthetic-size", "16", "--no-progress", "--threads", "1"]
+
+
+def _train(out, steps, *extra):
+    assert main(["train", "--steps", str(steps), "--out", str(out), "--ckpt-every", "2", "--sample-every", "2",
+                 *TINY, *extra]) == 0
+    return torch.load(out / "last.ckpt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    _train(out, 2)
+    return out
+
+
+def test_train_writes_checkpoint_and_samples(trained):
+    ckpt = torch.load(trained / "last.ckpt", weights_only=False)
+    assert ckpt["stage"] == "full" and ckpt["step"] == 2 and "memory.memory" in ckpt["model"]
+    assert {"optimizer", "critic", "critic_optimizer", "rng", "config"} <= set(ckpt)
+    assert (trained / "samples" / "step0000002.png").is_file()
+    assert not list(trained.glob(".*tmp*"))  # atomic write left no temporary file
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    straight = _train(tmp_path / "a", 4)
+    _train(tmp_path / "b", 2)
+    resumed = _train(tmp_path / "b", 4, "--resume")
+    assert resumed["step"] == 4
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+@pytest.mark.slow
+def test_coarse_and_recon_stages_feed_the_full_stage(tmp_path):
+    coarse = _train(tmp_path / "coarse", 2, "--stage", "coarse")
+    recon = _train(tmp_path / "recon", 2, "--stage", "recon")
+    assert coarse["stage"] == "coarse" and recon["stage"] == "recon"
+    full = _train(tmp_path / "full", 2, "--coarse-checkpoint", str(tmp_path / "coarse" / "last.ckpt"),
+                  "--recon-checkpoint", str(tmp_path / "recon" / "last.ckpt"))
+    assert full["stage"] == "full"
+    with pytest.raises(SystemExit, match="stage"):
+        _train(tmp_path / "coarse", 4, "--resume")  # a coarse checkpoint cannot resume the full stage
+
+
+def test_inpaint_files_and_folders(trained, tmp_path):
+    img = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    mask = np.full((40, 50), 255, np.uint8)
+    mask[10:30, 15:35] = 0
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(img).save(tmp_path / "in" / "face.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "face.png")
+    ckpt = str(trained / "last.ckpt")
+    assert main(["inpaint", "--checkpoint", ckpt, "--image", str(tmp_path / "in" / "face.png"),
+                 "--mask", str(tmp_path / "masks" / "face.png"), "--out", str(tmp_path / "one.png")]) == 0
+    assert Image.open(tmp_path / "one.png").size == (32, 32)
+    assert main(["inpaint", "--checkpoint", ckpt, "--image", str(tmp_path / "in"), "--mask", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "outs")]) == 0
+    assert (tmp_path / "outs" / "face.png").is_file()
+
+
+def test_eval_reports_every_ratio_bin(trained, capsys):
+    assert main(["eval", "--checkpoint", str(trained / "last.ckpt"), "--limit", "2", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(b in out for b in ("1-20%", "20-40%", "40-60%")) and "PSNR" in out and "SSIM" in out
