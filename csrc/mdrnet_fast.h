@@ -91,3 +91,31 @@ inline void conv_out_matches(const char* what, int64_t got, const char* in_name,
 
 }  // namespace checks
 }  // namespace mdrnet_fast
+
+// ---- memory ----
+namespace mdrnet_fast {
+namespace checks {
+
+inline void cpu_nd(const at::Tensor& t, const char* name, int64_t dim, const char* layout) {
+  TORCH_CHECK(t.defined(), name, " must be a defined tensor");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.dim() == dim, name, " must be ", dim, "-D ", layout, ", got shape ", t.sizes());
+}
+
+}  // namespace checks
+
+// Disentangled cosine memory (SPEC §4). q (B, n, C) and mem (n, m, C) may have different float
+// dtypes; the read converts mem to q's accumulation dtype (float32, float64 for float64 q).
+// Returns {q_hat (B, n, C) in q's dtype, attn (B, n, m) float32/float64 softmax weights}.
+std::vector<at::Tensor> memory_read_forward(const at::Tensor& q, const at::Tensor& mem, double tau);
+
+// grad (B, n, C) in q's dtype, attn as returned by the forward. Returns grad_q (B, n, C), q's dtype.
+at::Tensor memory_read_backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& mem,
+                                const at::Tensor& attn, double tau);
+
+// In place on mem (contiguous, any float dtype; q, v are taken in mem's accumulation dtype).
+// present (B, n) bool, alpha in [0, 1]. Returns the chosen slots (B, n) int64, -1 where absent.
+at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q, const at::Tensor& v, const at::Tensor& present,
+                          double alpha);
+
+}  // namespace mdrnet_fast

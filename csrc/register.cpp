@@ -46,4 +46,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   }, "Whether the extension was compiled with OpenMP");
+
+  // ---- memory ----
+  m.def("memory_read_forward", &mdrnet_fast::memory_read_forward,
+        "Cosine memory read: (q (B,n,C), mem (n,m,C), tau) -> [q_hat (B,n,C), attn (B,n,m) fp32/fp64]",
+        py::arg("q"), py::arg("mem"), py::arg("tau"));
+  m.def("memory_read_backward", &mdrnet_fast::memory_read_backward,
+        "Cosine memory read backward: (grad, q, mem, attn, tau) -> grad_q (B,n,C)", py::arg("grad"),
+        py::arg("q"), py::arg("mem"), py::arg("attn"), py::arg("tau"));
+  m.def("memory_update_", &mdrnet_fast::memory_update_,
+        "Batch-mean EMA memory update in place: (mem, q, v, present, alpha) -> slots (B,n) int64, -1 absent",
+        py::arg("mem"), py::arg("q"), py::arg("v"), py::arg("present"), py::arg("alpha"));
 }
