@@ -46,4 +46,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   }, "Whether the extension was compiled with OpenMP");
+
+  // ---- region pool ----
+  m.def("region_pool_forward", &mdrnet_fast::region_pool_forward,
+        "Region sums / averages: (feat, seg labels|weights, num_classes, normalize) -> [codes (B,n,C), area (B,n)]",
+        py::arg("feat"), py::arg("seg"), py::arg("num_classes"), py::arg("normalize"));
+  m.def("region_broadcast_forward", &mdrnet_fast::region_broadcast_forward,
+        "Region broadcast: (codes (B,n,C), seg labels|weights, num_classes) -> (B,C,H,W)", py::arg("codes"),
+        py::arg("seg"), py::arg("num_classes"));
 }
