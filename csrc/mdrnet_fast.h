@@ -117,5 +117,20 @@ at::Tensor memory_read_backward(const at::Tensor& grad, const at::Tensor& q, con
 // present (B, n) bool, alpha in [0, 1]. Returns the chosen slots (B, n) int64, -1 where absent.
 at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q, const at::Tensor& v, const at::Tensor& present,
                           double alpha);
+// ---- region pool ----
+namespace mdrnet_fast {
+
+// Region sums (SPEC §3). feat (B, C, H, W) float (NCHW or channels_last); seg either integer
+// labels (B, H, W) in [0, num_classes) (checked) or float weights (B, num_classes, H, W) of any
+// float dtype (an exactly one-hot seg is detected and takes the labels path).
+// Returns {codes, area}: codes (B, n, C) in feat's dtype, contiguous, the per-region sums divided
+// by the area when normalize (zero for an absent region); area (B, n) float32 (float64 for
+// float64 feat) = sum_hw seg.
+std::vector<at::Tensor> region_pool_forward(const at::Tensor& feat, const at::Tensor& seg,
+                                            int64_t num_classes, bool normalize);
+
+// out[b, :, h, w] = sum_i seg[b, i, h, w] * codes[b, i, :], (B, C, H, W) contiguous in codes'
+// dtype; codes (B, n, C), seg as for region_pool_forward (at the output size).
+at::Tensor region_broadcast_forward(const at::Tensor& codes, const at::Tensor& seg, int64_t num_classes);
 
 }  // namespace mdrnet_fast

@@ -57,4 +57,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("memory_update_", &mdrnet_fast::memory_update_,
         "Batch-mean EMA memory update in place: (mem, q, v, present, alpha) -> slots (B,n) int64, -1 absent",
         py::arg("mem"), py::arg("q"), py::arg("v"), py::arg("present"), py::arg("alpha"));
+  // ---- region pool ----
+  m.def("region_pool_forward", &mdrnet_fast::region_pool_forward,
+        "Region sums / averages: (feat, seg labels|weights, num_classes, normalize) -> [codes (B,n,C), area (B,n)]",
+        py::arg("feat"), py::arg("seg"), py::arg("num_classes"), py::arg("normalize"));
+  m.def("region_broadcast_forward", &mdrnet_fast::region_broadcast_forward,
+        "Region broadcast: (codes (B,n,C), seg labels|weights, num_classes) -> (B,C,H,W)", py::arg("codes"),
+        py::arg("seg"), py::arg("num_classes"));
 }

@@ -1,10 +1,12 @@
-"""Comparison table and bar chart from a pytest-benchmark JSON written by bench/test_bench_ops.py.
+"""Comparison table and bar chart from a pytest-benchmark JSON written by bench/ (test_bench_ops.py,
+test_bench_model.py).
 
     rows = build_table(load("bench/results/cpu-2t-....json"))
     print(format_table(rows))
     plot(rows, "bench.png")
 
 Speed-ups compare medians (robust to the odd slow round); > 1 means faster than the baseline.
+Whole-model rows (group "model/...") also get images/s (batch / mean time) and the peak memory.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import List, Optional, Union
 
 @dataclass
 class Row:
-    group: str                      # "<op>/<mode>/<shape tag>@<device>"
+    group: str                      # "<op>/<mode>/<shape tag>@<device>" or "model/<mode>/<config>@<device>"
     impl: str                       # reference, cpu, triton, cuda, compile, conv2d
     mean_ms: float
     median_ms: float
@@ -25,6 +27,11 @@ class Row:
     vs_compile: Optional[float]     # compile median / this median
     over_conv2d: Optional[float]    # this median / plain F.conv2d median (conv ops only)
     real_kernel: Optional[bool]     # fast backends: has its own kernels (False = composite PyTorch path)
+    # whole-model rows only (None on op rows)
+    model: bool = False
+    images_per_s: Optional[float] = None  # batch / mean time
+    peak_mem_mib: Optional[float] = None  # CUDA peak allocated over the timed rounds; None = not measured
+    kernels: Optional[str] = None         # fast backends: "own/asked" kernels of the step
 
 
 def load(path: Union[str, Path]) -> dict:
@@ -44,12 +51,18 @@ def build_table(data: dict) -> List[Row]:
     for b in data["benchmarks"]:
         info, stats, group = b["extra_info"], b["stats"], b["group"]
         impl, med = info.get("impl", b["name"]), stats["median"]
+        model = group.startswith("model/")
+        own, missing = info.get("kernels"), info.get("missing_kernels")
         rows.append(Row(group=group, impl=impl, mean_ms=stats["mean"] * 1e3, median_ms=med * 1e3,
                         rounds=stats["rounds"],
                         vs_reference=ratio(medians.get((group, "reference")), med),
                         vs_compile=ratio(medians.get((group, "compile")), med),
                         over_conv2d=ratio(med, medians.get((group, "conv2d"))),
-                        real_kernel=info.get("real_kernel")))
+                        real_kernel=info.get("real_kernel"), model=model,
+                        # from the stats, so it is the same mean as the table's whatever the JSON's extra_info says
+                        images_per_s=ratio(info.get("batch"), stats["mean"]) if model else None,
+                        peak_mem_mib=info.get("peak_mem_mib") if model else None,
+                        kernels=f"{len(own)}/{len(own) + len(missing)}" if model and own is not None else None))
     order = {g: i for i, g in enumerate(dict.fromkeys(r.group for r in rows))}
     return sorted(rows, key=lambda r: order[r.group])  # stable: keeps the impl order within a group
 
@@ -70,18 +83,30 @@ def describe_run(data: dict) -> str:
 
 
 def format_table(rows: List[Row]) -> str:
-    """Fixed-width text; the group is printed on its first row only."""
+    """Fixed-width text; the group is printed on its first row only.
+
+    Columns `img/s` and `peak MiB` appear when there are model rows (`-` on op rows, `n/a` where the
+    peak was not measured: CPU); `/ conv2d` is left out only when every row is a model row.
+    """
     def x(v):
         return f"{v:.2f}x" if v is not None else "-"
 
     def kernel(r):
+        if r.kernels is not None:  # model rows: how many of the step's kernels are the backend's own
+            return r.kernels
         return "-" if r.real_kernel is None else ("yes" if r.real_kernel else "composite")
 
-    head = ("group", "impl", "kernel", "mean ms", "median ms", "vs ref", "vs compile", "/ conv2d")
+    has_model, has_ops = any(r.model for r in rows), any(not r.model for r in rows)
+    head = ("group", "impl", "kernel", "mean ms", "median ms", "vs ref", "vs compile") \
+        + (("/ conv2d",) if has_ops else ()) + (("img/s", "peak MiB") if has_model else ())
     body, last = [], None
     for r in rows:
-        body.append((r.group if r.group != last else "", r.impl, kernel(r), f"{r.mean_ms:.3f}", f"{r.median_ms:.3f}",
-                     x(r.vs_reference), x(r.vs_compile), x(r.over_conv2d)))
+        cells = (r.group if r.group != last else "", r.impl, kernel(r), f"{r.mean_ms:.3f}", f"{r.median_ms:.3f}",
+                 x(r.vs_reference), x(r.vs_compile)) + ((x(r.over_conv2d),) if has_ops else ())
+        if has_model:
+            cells += ((f"{r.images_per_s:.2f}" if r.images_per_s is not None else "-",
+                       "-" if not r.model else (f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib is not None else "n/a")))
+        body.append(cells)
         last = r.group
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     lines = []
