@@ -46,4 +46,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   }, "Whether the extension was compiled with OpenMP");
+
+  // ---- patch attention ----
+  m.def("patch_attention_forward", &mdrnet_fast::patch_attention_forward,
+        "Masked patch attention, flash-style: (theta, phi, g, mask, patch_size, scale) -> [out, lse]",
+        py::arg("theta"), py::arg("phi"), py::arg("g"), py::arg("mask"), py::arg("patch_size"), py::arg("scale"));
+
+  m.def("patch_attention_backward", &mdrnet_fast::patch_attention_backward,
+        "Masked patch attention backward by recomputation -> [d_theta, d_phi, d_g]", py::arg("grad_out"),
+        py::arg("theta"), py::arg("phi"), py::arg("g"), py::arg("mask"), py::arg("lse"), py::arg("patch_size"),
+        py::arg("scale"));
 }
