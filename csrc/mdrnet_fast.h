@@ -90,6 +90,25 @@ inline void conv_out_matches(const char* what, int64_t got, const char* in_name,
 }
 
 }  // namespace checks
+
+// ---- patch attention ----
+// Masked patch attention (SPEC §5), flash-style: the N x N score matrix is never stored.
+// theta, phi (B, Ck, H, W), g (B, Cv, H, W), one dtype (f32/f64/f16/bf16), any strides;
+// mask (B, 1, H, W) floating, 1 = valid, soft allowed. Maps are zero-padded to multiples of
+// patch_size; N = ceil(H/p) * ceil(W/p) patches, vectors (c, ky, kx).
+// Returns {out, lse}: out (B, Cv, H, W) contiguous, g's dtype, = fold(softmax(scale ThetaPhi^T) G)
+// * (1 - mask); lse (B, N) float32 (float64 for float64 inputs), the log-sum-exp of each query's
+// scaled scores, +inf for a query patch with no hole pixel (its output is 0 and it is skipped).
+std::vector<at::Tensor> patch_attention_forward(
+    const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g, const at::Tensor& mask,
+    int64_t patch_size, double scale);
+
+// Returns {d_theta, d_phi, d_g}, contiguous, in the inputs' dtype. grad_out has g's shape and
+// dtype; lse is the forward's (B, N) log-sum-exp.
+std::vector<at::Tensor> patch_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
+    const at::Tensor& mask, const at::Tensor& lse, int64_t patch_size, double scale);
+
 }  // namespace mdrnet_fast
 
 // ---- memory ----

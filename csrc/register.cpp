@@ -64,4 +64,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("region_broadcast_forward", &mdrnet_fast::region_broadcast_forward,
         "Region broadcast: (codes (B,n,C), seg labels|weights, num_classes) -> (B,C,H,W)", py::arg("codes"),
         py::arg("seg"), py::arg("num_classes"));
+  // ---- patch attention ----
+  m.def("patch_attention_forward", &mdrnet_fast::patch_attention_forward,
+        "Masked patch attention, flash-style: (theta, phi, g, mask, patch_size, scale) -> [out, lse]",
+        py::arg("theta"), py::arg("phi"), py::arg("g"), py::arg("mask"), py::arg("patch_size"), py::arg("scale"));
+
+  m.def("patch_attention_backward", &mdrnet_fast::patch_attention_backward,
+        "Masked patch attention backward by recomputation -> [d_theta, d_phi, d_g]", py::arg("grad_out"),
+        py::arg("theta"), py::arg("phi"), py::arg("g"), py::arg("mask"), py::arg("lse"), py::arg("patch_size"),
+        py::arg("scale"));
 }

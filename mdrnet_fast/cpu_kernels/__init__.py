@@ -2,3 +2,4 @@
 from . import partial_conv  # noqa: F401 (registers its kernels)
 from . import memory  # noqa: F401 (registers its kernels)
 from . import region_pool  # noqa: F401 (registers its kernels)
+from . import patch_attention  # noqa: F401 (registers its kernels)
