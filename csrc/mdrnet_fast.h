@@ -136,6 +136,9 @@ at::Tensor memory_read_backward(const at::Tensor& grad, const at::Tensor& q, con
 // present (B, n) bool, alpha in [0, 1]. Returns the chosen slots (B, n) int64, -1 where absent.
 at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q, const at::Tensor& v, const at::Tensor& present,
                           double alpha);
+
+}  // namespace mdrnet_fast
+
 // ---- region pool ----
 namespace mdrnet_fast {
 

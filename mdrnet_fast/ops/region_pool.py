@@ -22,8 +22,9 @@ def _check_labels(seg: Tensor, num_classes: int) -> None:
 @torch.library.custom_op("mdrnet_fast::region_pool", mutates_args=())
 def region_pool_op(feat: Tensor, seg: Tensor, num_classes: int, normalize: bool,
                    backend: str) -> Tuple[Tensor, Tensor]:
-    """(codes (B,n,C), area (B,n) fp32). seg: (B,n,H,W) float weights or (B,H,W) int64 labels at feat's size."""
-    _check_labels(seg, num_classes)
+    """(codes (B,n,C), area (B,n) fp32). seg: (B,n,H,W) float weights or (B,H,W) int64 labels at feat's size.
+
+    The public functions check the label range (ValueError); the kernels refuse bad labels themselves."""
     return get_kernel("region_pool.forward", backend)(feat, seg, num_classes, normalize)
 
 
@@ -55,7 +56,6 @@ region_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
 
 @torch.library.custom_op("mdrnet_fast::region_broadcast", mutates_args=())
 def region_broadcast_op(codes: Tensor, seg: Tensor, num_classes: int, backend: str) -> Tensor:
-    _check_labels(seg, num_classes)
     return get_kernel("region_broadcast.forward", backend)(codes, seg, num_classes)
 
 
