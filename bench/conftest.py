@@ -2,7 +2,8 @@
 
 The normal test run never collects this folder: pyproject.toml sets testpaths = ["tests"].
 Env: MDRNET_FAST_BENCH_THREADS=N sets torch's intra-op threads (default: torch's own choice);
-MDRNET_FAST_BENCH_QUICK=1 picks the small shapes and few rounds (read by test_bench_ops.py).
+MDRNET_FAST_BENCH_QUICK=1 picks the small shapes and few rounds (read by test_bench_ops.py and
+test_bench_model.py); MDRNET_FAST_BENCH_MODEL=preset:size:batch,... the model configurations.
 """
 import importlib.util
 import os
