@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace mdrnet_fast {
@@ -39,6 +40,36 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(
 at::Tensor partial_conv_mask_sum(
     const at::Tensor& mask, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
     int64_t dh, int64_t dw, int64_t out_h, int64_t out_w);
+
+// ---------------------------------------------------------------------------
+// Gated activation (SPEC §2): out = act(y[:, :C]) * sigmoid(y[:, C:]).
+// ---------------------------------------------------------------------------
+
+// y: (B, 2C, H, W), NCHW or channels_last (other strides are copied). activation: "elu",
+// "leaky_relu", "relu" or "none". Returns out (B, C, H, W) in y's dtype, channels_last when y is
+// channels_last (and not also plain contiguous), else contiguous.
+at::Tensor gated_activation_forward(const at::Tensor& y, const std::string& activation, double negative_slope);
+
+// grad_y (B, 2C, H, W) in y's dtype and output layout: [grad_out * sigmoid(g) * act'(f),
+// grad_out * act(f) * sigmoid(g) * (1 - sigmoid(g))], one fused pass.
+at::Tensor gated_activation_backward(const at::Tensor& grad_out, const at::Tensor& y, const std::string& activation,
+                                     double negative_slope);
+
+// ---------------------------------------------------------------------------
+// SPADE modulation (SPEC §6): out = (x - mean) * rstd * (1 + gamma) + beta per (b, c) plane.
+// ---------------------------------------------------------------------------
+
+// x, gamma, beta: (B, C, H, W), one dtype. Returns {out (x's dtype, channels_last when x is),
+// mean (B, C), rstd (B, C)}; the statistics are float32 (float64 for float64 x), biased variance.
+std::vector<at::Tensor> spade_modulate_forward(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                               double eps);
+
+// Returns {grad_x, grad_gamma, grad_beta}, each an undefined tensor (None) when not needed; each in
+// the output format of x, gamma and grad_out respectively.
+std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                const at::Tensor& gamma, const at::Tensor& mean,
+                                                const at::Tensor& rstd, bool need_x, bool need_gamma,
+                                                bool need_beta);
 
 // ---------------------------------------------------------------------------
 // Shared argument checks. Messages name the argument and what was expected so that a

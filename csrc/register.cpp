@@ -31,6 +31,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("mask"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
         py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("out_h"), py::arg("out_w"));
 
+  m.def("gated_activation_forward", &mdrnet_fast::gated_activation_forward,
+        "Gated activation: act(y[:, :C]) * sigmoid(y[:, C:]) -> (B, C, H, W)", py::arg("y"),
+        py::arg("activation"), py::arg("negative_slope"));
+
+  m.def("gated_activation_backward", &mdrnet_fast::gated_activation_backward,
+        "Gated activation backward -> grad_y (B, 2C, H, W)", py::arg("grad_out"), py::arg("y"),
+        py::arg("activation"), py::arg("negative_slope"));
+
+  m.def("spade_modulate_forward", &mdrnet_fast::spade_modulate_forward,
+        "SPADE modulation: (x, gamma, beta, eps) -> [out, mean (B, C), rstd (B, C)]", py::arg("x"),
+        py::arg("gamma"), py::arg("beta"), py::arg("eps"));
+
+  // each gradient comes back as None when not needed (undefined tensor)
+  m.def("spade_modulate_backward", &mdrnet_fast::spade_modulate_backward,
+        "SPADE modulation backward -> [grad_x|None, grad_gamma|None, grad_beta|None]", py::arg("grad_out"),
+        py::arg("x"), py::arg("gamma"), py::arg("mean"), py::arg("rstd"), py::arg("need_x"),
+        py::arg("need_gamma"), py::arg("need_beta"));
+
   m.def("openmp_threads", []() -> int {
 #ifdef _OPENMP
     return omp_get_max_threads();

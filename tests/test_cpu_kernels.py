@@ -38,7 +38,8 @@ def test_parity_with_poisoned_allocations():
     """glibc fills fresh allocations with garbage (and never hands out zeroed mmap pages here), so an
     output element a kernel forgets to write shows up as a parity failure."""
     env = dict(os.environ, MALLOC_PERTURB_="165", MALLOC_MMAP_THRESHOLD_="4294967296", MALLOC_TOP_PAD_="0")
+    here = os.path.dirname(__file__)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           os.path.join(os.path.dirname(__file__), "test_parity.py")]
+           os.path.join(here, "test_parity.py"), os.path.join(here, "test_cpu_elementwise.py")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
