@@ -19,8 +19,8 @@ BLOCK = 1024
 @triton.jit
 def _gated_kernel(go_ptr, y_ptr, out_ptr, total, C, HW, W,
                   sg_b, sg_c, sg_h, sg_w, sy_b, sy_c, sy_h, sy_w, so_b, so_c, so_h, so_w,
-                  BACKWARD: tl.constexpr, DENSE: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr, ACC: tl.constexpr,
-                  CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+                  BACKWARD: tl.constexpr, DENSE: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
+                  ACC: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     """Forward: out (B,C,H,W) = act(f) * sigmoid(g). Backward: out (B,2C,H,W) = (d/df, d/dg) of <go, that>."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total

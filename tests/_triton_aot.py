@@ -1,0 +1,94 @@
+"""Compile the Triton kernels for sm_90 without a GPU: the interpreter is lenient about things the compiler
+rejects (loop-carried dtypes, tl.dot shapes, fp64 math), so CPU-only CI checks the compiled path here too.
+
+`python tests/_triton_aot.py` compiles a representative variant set (what tests/test_triton_kernels.py runs);
+`--all` every combination of the constexpr flags (a few minutes). Must run without TRITON_INTERPRET.
+"""
+import itertools
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from mdrnet_fast.triton_kernels import gated_activation as G  # noqa: E402
+from mdrnet_fast.triton_kernels import memory as M  # noqa: E402
+from mdrnet_fast.triton_kernels import region_pool as R  # noqa: E402
+from mdrnet_fast.triton_kernels import spade as S  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def _compile(kernel, ptrs, consts, num_warps=4):
+    sig, cx = {}, {}
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name], cx[name] = "constexpr", consts[name]
+        else:
+            sig[name] = "*" + ptrs[name] if name in ptrs else "i32"
+    triton.compile(ASTSource(kernel, sig, cx), target=TARGET, options={"num_warps": num_warps})
+
+
+def variants(full):
+    """(kernel, pointer dtypes, constexprs, num_warps) to compile."""
+    dtypes = (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64))
+    if not full:
+        dtypes = (("bf16", tl.float32), ("fp64", tl.float64))
+    flags = (False, True)
+    for io, acc in dtypes:
+        a = "fp64" if acc == tl.float64 else "fp32"
+        gated = itertools.product(flags, flags, range(4), flags) if full else ((True, False, 1, True), (False, True, 2, False))
+        for bwd, dense, act, cl in gated:
+            yield (G._gated_kernel, dict(go_ptr=io, y_ptr=io, out_ptr=io),
+                   dict(BACKWARD=bwd, DENSE=dense, ACT=act, SLOPE=0.2, ACC=acc, CHANNELS_LAST=cl, BLOCK=1024), 4)
+        for bc, bh in ((2, 1024), (64, 32)) if full else ((64, 32),):
+            yield (S._spade_fwd_kernel, dict(x_ptr=io, g_ptr=io, be_ptr=io, out_ptr=io, mean_ptr=a, rstd_ptr=a),
+                   dict(EPS=1e-5, ACC=acc, BLOCK_C=bc, BLOCK_HW=bh), 8)
+            for nx, ng, nb in itertools.product(flags, repeat=3) if full else ((True, True, True),):
+                yield (S._spade_bwd_kernel, dict(go_ptr=io, x_ptr=io, g_ptr=io, mean_ptr=a, rstd_ptr=a, gx_ptr=io,
+                                                 gg_ptr=io, gbe_ptr=io),
+                       dict(NEED_X=nx, NEED_GAMMA=ng, NEED_BETA=nb, ACC=acc, BLOCK_C=bc, BLOCK_HW=bh), 8)
+        use_dot = acc == tl.float32
+        npad, bhw, bc = (32, 64, 64) if use_dot else (4, 32, 16)
+        pool = itertools.product(flags, repeat=3) if full else ((True, False, True), (False, True, True))
+        for labels, final, norm in pool:
+            yield (R._pool_partial_kernel, dict(feat_ptr=io, seg_ptr="i64" if labels else io,
+                                                part_ptr=io if final else a, apart_ptr=a),
+                   dict(LABELS=labels, FINAL=final, NORMALIZE=norm, USE_DOT=use_dot, ACC=acc, N_PAD=npad,
+                        BLOCK_HW=bhw, BLOCK_C=bc), 4)
+        yield (R._pool_reduce_kernel, dict(part_ptr=a, apart_ptr=a, codes_ptr=io, area_ptr=a),
+               dict(NORMALIZE=True, ACC=acc, BLOCK_C=128), 4)
+        for labels in flags:
+            yield (R._broadcast_kernel, dict(codes_ptr=io, seg_ptr="i64" if labels else io, out_ptr=io),
+                   dict(LABELS=labels, ACC=acc, BLOCK_C=16, BLOCK_HW=256), 8)
+        for argmax in flags:
+            yield (M._read_fwd_kernel, dict(q_ptr=io, mem_ptr=io, out_ptr=io, attn_ptr=a, slot_ptr="i64" if argmax else a),
+                   dict(ARGMAX=argmax, TAU=1.0, EPS=1e-8, ACC=acc, M_PAD=128, BLOCK_C=32), 8)
+        yield (M._read_bwd_kernel, dict(g_ptr=io, q_ptr=io, mem_ptr=io, attn_ptr=a, gq_ptr=io),
+               dict(TAU=0.5, EPS=1e-8, ACC=acc, M_PAD=128, BLOCK_C=32), 8)
+        yield (M._update_kernel, dict(mem_ptr=io, v_ptr=io, slot_ptr="i64"),
+               dict(ALPHA=0.9, ACC=acc, BLOCK_M=64, BLOCK_C=64), 8)
+
+
+def main(full=False):
+    failures = []
+    count = 0
+    for kernel, ptrs, consts, warps in variants(full):
+        count += 1
+        try:
+            _compile(kernel, ptrs, consts, warps)
+        except Exception as exc:  # report every failing variant, not just the first
+            failures.append(f"{kernel.__name__} {ptrs} {consts}: {str(exc)[-2000:]}")
+    print(f"compiled {count - len(failures)}/{count} kernel variants for sm_90")
+    for f in failures:
+        print("FAILED", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main("--all" in sys.argv))
