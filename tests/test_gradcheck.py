@@ -49,7 +49,8 @@ def test_region_ops():
                 _gc(lambda f: ops.region_avg_pool(f, seg, 4), feat)
                 _gc(lambda c: ops.region_broadcast(c, seg, 4), codes)
             # the backward of each is the other: check second derivatives too
-            assert torch.autograd.gradgradcheck(lambda f: ops.region_avg_pool(f, labels, 4), (feat,))
+            assert torch.autograd.gradgradcheck(lambda f: ops.region_avg_pool(f, labels, 4), (feat,),
+                                                fast_mode=backend == "triton")
 
 
 def test_memory_read():
