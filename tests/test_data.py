@@ -299,3 +299,13 @@ def test_folder_errors(tmp_path):
         Image.fromarray(np.full((40, 40), 19, np.uint8)).save(tmp_path / "anno" / f"{i}.png")
     with pytest.raises(ValueError, match=r"outside \[0, 19\)"):
         ImageFolderDataset(tmp_path / "img", parsing_root=tmp_path / "anno", size=40)[0]
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_small_masks_always_land_in_their_bin(size):
+    """Near the top of a bin every stroke can overshoot; the sampler must still return a mask in the bin
+    (regression: it used to raise for 64x64 masks in the 40-60% bin)."""
+    for name, (lo, hi) in RATIO_BINS.items():
+        masks = FreeFormMasks(size, ratio=(lo, hi))
+        for i in range(150):
+            assert lo <= hole_ratio(masks.sample(np.random.default_rng([7, i]))) <= hi, (name, i)

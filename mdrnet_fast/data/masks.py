@@ -93,12 +93,15 @@ class FreeFormMasks:
         h, w = self.height, self.width
         total = h * w
         lo, hi = self.ratio
-        target = max(math.ceil(rng.uniform(lo, hi) * total), 1 if lo > 0 else 0)
+        floor = max(math.ceil(lo * total), 1 if lo > 0 else 0)
+        target = max(math.ceil(rng.uniform(lo, hi) * total), floor)
         limit = math.floor(hi * total)
         canvas = Image.new("L", (w, h), 0)
         holes, scale = 0, 1.0
         for _ in range(self.max_strokes):
-            if holes >= target:
+            # the target only says where to aim: once strokes have shrunk to a few pixels without
+            # landing on it (near the top of the bin every stroke overshoots), anywhere in the bin will do
+            if holes >= target or (scale < 0.05 and holes >= floor):
                 break
             trial = canvas.copy()
             _stroke(ImageDraw.Draw(trial), rng, h, w, scale)
@@ -107,9 +110,8 @@ class FreeFormMasks:
                 scale *= 0.7
                 continue
             canvas, holes = trial, n
-        else:
-            if holes < target:
-                raise RuntimeError(f"could not reach hole ratio {target / total:.3f} in {self.max_strokes} strokes")
+        if holes < floor:
+            raise RuntimeError(f"could not reach hole ratio {lo:.3f} in {self.max_strokes} strokes")
         return np.asarray(canvas)
 
     def sample(self, rng: np.random.Generator) -> torch.Tensor:
