@@ -10,6 +10,7 @@
 // vectorises; the inner kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64 and the
 // best one the CPU has is picked at load time. float64 uses std::exp / std::expm1.
 #include "mdrnet_fast.h"
+#include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -23,17 +24,6 @@
 #include <cstring>
 #include <string>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(MDRNET_FAST_NO_CLONES)
-#define MDR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MDR_CLONES
-#endif
-#if defined(__GNUC__)
-#define MDR_INLINE inline __attribute__((always_inline))
-#else
-#define MDR_INLINE inline
-#endif
 
 namespace mdrnet_fast {
 namespace {
@@ -325,15 +315,8 @@ struct Rows<double> {
   }
 };
 
-enum class Layout { NCHW, NHWC };
-
-// NCHW when plain contiguous (also when it is both), channels_last natively, anything else copied.
-inline Layout normalise_layout(at::Tensor& t) {
-  if (t.is_contiguous()) return Layout::NCHW;
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return Layout::NHWC;
-  t = t.contiguous();
-  return Layout::NCHW;
-}
+using cpu::Layout;
+using cpu::normalise_layout;
 
 inline at::MemoryFormat format_of(Layout layout) {
   return layout == Layout::NHWC ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

@@ -7,6 +7,7 @@
 // two passes over the block per group of queries, nothing larger than a row buffer allocated. The
 // update is one task per block: argmax over the slots normalised once, then the per-slot means.
 #include "mdrnet_fast.h"
+#include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -24,8 +25,6 @@ namespace mdrnet_fast {
 namespace {
 
 constexpr double kEps = 1e-8;  // SPEC §4 cosine eps
-// Work (multiply-adds) we want per parallel task, same order as at::internal::GRAIN_SIZE.
-constexpr int64_t kTaskWork = 32768;
 // Slots per pass: one load of the query element feeds kSlots multiply-adds, and kSlots
 // independent add chains hide the add latency.
 constexpr int kSlots = 8;
@@ -41,7 +40,6 @@ constexpr int64_t kChunkBytes = 16384;
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MDR_MEMORY_AVX2 1
-#define MDR_INLINE inline __attribute__((always_inline))
 // The extension is built for baseline x86-64 (SSE2). The hot loops are compiled a second time with
 // AVX2 enabled and picked at run time. No FMA on purpose: without contraction both versions do the
 // same IEEE operations lane by lane, so they return bit-identical results.
@@ -55,12 +53,9 @@ inline bool use_avx2() {
 }
 #else
 #define MDR_MEMORY_AVX2 0
-#define MDR_INLINE inline
 #endif
 
-inline int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, work_per_item));
-}
+using cpu::grain_for;
 
 inline at::ScalarType acc_dtype(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;

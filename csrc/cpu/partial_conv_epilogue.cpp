@@ -4,6 +4,7 @@
 // renormalisation ratio, bias, new mask, and the matching backward) is done here in one or
 // two passes over the output, instead of the ~8 full-size temporaries the eager formula makes.
 #include "mdrnet_fast.h"
+#include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -19,8 +20,6 @@
 namespace mdrnet_fast {
 namespace {
 
-// Work (elements touched) we want per parallel task, same order as at::internal::GRAIN_SIZE.
-constexpr int64_t kTaskWork = 32768;
 // Output pixels per sub-block of the forward epilogue: the ratio / new-mask rows of one block
 // (2 x 2048 accumulators, 16 KiB for float) stay in L1 while they are re-read for every channel.
 constexpr int64_t kBlockPixels = 2048;
@@ -31,9 +30,7 @@ constexpr int64_t kReduceChunk = 8192;
 // (and keeps partial sums small, which helps accuracy) while staying deterministic.
 constexpr int kLanes = 16;
 
-inline int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, work_per_item));
-}
+using cpu::grain_for;
 
 struct Geom {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
@@ -100,17 +97,8 @@ inline void vertical_rows(const acc_t* hsum, int64_t b, int64_t oh0, int64_t oh1
   }
 }
 
-enum class Layout { NCHW, NHWC };
-
-// raw/grad_out may arrive NCHW or channels_last; both get a native loop order. Anything else
-// (sliced, expanded, ...) is made contiguous once. A tensor that is both (Co == 1 or a single
-// pixel) indexes identically either way, so NCHW is picked.
-inline Layout normalise_layout(at::Tensor& t) {
-  if (t.is_contiguous()) return Layout::NCHW;
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return Layout::NHWC;
-  t = t.contiguous();
-  return Layout::NCHW;
-}
+using cpu::Layout;
+using cpu::normalise_layout;
 
 inline at::ScalarType acc_dtype(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;

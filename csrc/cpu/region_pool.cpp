@@ -8,6 +8,7 @@
 // Every reduction has a fixed order that depends on the shape and the labels only, never on
 // the number of threads, so results are bitwise reproducible across thread counts.
 #include "mdrnet_fast.h"
+#include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,8 +35,6 @@
 namespace mdrnet_fast {
 namespace {
 
-// Work (elements touched) we want per parallel task, same order as at::internal::GRAIN_SIZE.
-constexpr int64_t kTaskWork = 32768;
 // Pixels per label chunk. The pixels of a chunk are visited class by class, i.e. out of order:
 // the chunk's slice of the G planes read together (G * 4 KiB for float) then stays in L1.
 constexpr int64_t kPixChunk = 1024;
@@ -46,9 +45,7 @@ constexpr int64_t kGroup = 4;
 constexpr int64_t kNhwcChunk = 1024;
 constexpr int64_t kNhwcBlock = 64;
 
-inline int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, work_per_item));
-}
+using cpu::grain_for;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -60,17 +57,8 @@ std::unique_ptr<T[]> uninit(int64_t n) {
 
 inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
-enum class Layout { NCHW, NHWC };
-
-// feat may arrive NCHW or channels_last; both get a native loop order. Anything else (sliced,
-// expanded, ...) is made contiguous once. A tensor that is both (C == 1 or a single pixel)
-// indexes identically either way, so NCHW is picked.
-inline Layout normalise_layout(at::Tensor& t) {
-  if (t.is_contiguous()) return Layout::NCHW;
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return Layout::NHWC;
-  t = t.contiguous();
-  return Layout::NCHW;
-}
+using cpu::Layout;
+using cpu::normalise_layout;
 
 // ---------------------------------------------------------------------------
 // Labels: int32 per pixel in [0, n], where n stands for "no class" (an all-zero one-hot pixel).

@@ -18,6 +18,7 @@
 // as such, never materialised. float16/bfloat16 are computed in float (vectorised conversions,
 // bit-exact with c10's).
 #include "mdrnet_fast.h"
+#include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,17 +35,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(MDRNET_FAST_NO_CLONES)
-#define MDR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MDR_CLONES
-#endif
 #if defined(__GNUC__)
-#define MDR_INLINE inline __attribute__((always_inline))
 #define MDR_LAMBDA_INLINE __attribute__((always_inline))  // the per-vector bodies passed to sweep()
 #else
-#define MDR_INLINE inline
 #define MDR_LAMBDA_INLINE
 #endif
 
