@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import time
 from pathlib import Path
@@ -109,10 +108,10 @@ def build(stage, config):
     """The trained module (and the critic for the full stage) of a stage, from a model config."""
     from ..losses import ReconstructionNet
     from ..models import MDRNet, PartialConvUNet, PatchGAN
+    from ..models.coarse import default_depth
 
     if stage == "coarse":
-        depth = min(7, int(math.log2(config["image_size"])) - 1)
-        return PartialConvUNet(3, 3, config["base_channels"], depth), None
+        return PartialConvUNet(3, 3, config["base_channels"], default_depth(config["image_size"])), None
     if stage == "recon":
         return ReconstructionNet(config["base_channels"], 3, config["style_channels"]), None
     return MDRNet(**config), PatchGAN(base_channels=config["base_channels"])

@@ -1,9 +1,16 @@
 """The coarse network: a U-Net of partial convolutions (Liu et al. 2018), producing the coarse face P."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import PartialConv2d
+
+
+def default_depth(image_size: int) -> int:
+    """Stride-2 levels of the coarse U-Net for an image size: down to 2x2 at most, 7 levels at most."""
+    return min(7, int(math.log2(image_size)) - 1)
 
 
 class PartialConvUNet(nn.Module):

@@ -1,7 +1,6 @@
 """MDRNet: the Memory-Disentangled Refinement Network of ShowFace (ACM MM 2022, §3)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..nn import DisentangledMemory, MaskedCorrelationMining
-from .coarse import PartialConvUNet
+from .coarse import PartialConvUNet, default_depth
 from .parser import FaceParser
 from .refinement import GuidedRefinementNetwork, StyleEncoder
 
@@ -43,7 +42,7 @@ class MDRNet(nn.Module):
                  memory_alpha=0.9, memory_tau=1.0, parser: Optional[nn.Module] = None, parser_channels=32,
                  mcm_channels=None):
         super().__init__()
-        depth = coarse_depth or min(7, int(math.log2(image_size)) - 1)
+        depth = coarse_depth or default_depth(image_size)
         if image_size % 2 ** max(depth, feature_down):
             raise ValueError(f"image_size={image_size} must be a multiple of 2**{max(depth, feature_down)}")
         self.image_size, self.num_classes = image_size, num_classes
