@@ -135,10 +135,10 @@ std::vector<at::Tensor> patch_attention_forward(
     int64_t patch_size, double scale);
 
 // Returns {d_theta, d_phi, d_g}, contiguous, in the inputs' dtype. grad_out has g's shape and
-// dtype; lse is the forward's (B, N) log-sum-exp.
+// dtype; out and lse are the forward's outputs (out gives rowsum(dO * O) without a sweep over keys).
 std::vector<at::Tensor> patch_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
-    const at::Tensor& mask, const at::Tensor& lse, int64_t patch_size, double scale);
+    const at::Tensor& mask, const at::Tensor& out, const at::Tensor& lse, int64_t patch_size, double scale);
 
 }  // namespace mdrnet_fast
 

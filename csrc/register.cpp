@@ -89,6 +89,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   m.def("patch_attention_backward", &mdrnet_fast::patch_attention_backward,
         "Masked patch attention backward by recomputation -> [d_theta, d_phi, d_g]", py::arg("grad_out"),
-        py::arg("theta"), py::arg("phi"), py::arg("g"), py::arg("mask"), py::arg("lse"), py::arg("patch_size"),
-        py::arg("scale"));
+        py::arg("theta"), py::arg("phi"), py::arg("g"), py::arg("mask"), py::arg("out"), py::arg("lse"),
+        py::arg("patch_size"), py::arg("scale"));
 }

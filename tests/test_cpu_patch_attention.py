@@ -131,7 +131,7 @@ def test_thread_count_independent():
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             out, lse = _C.patch_attention_forward(theta, phi, g, mask, 2, 0.2)
-            results.append([out, lse, *_C.patch_attention_backward(go, theta, phi, g, mask, lse, 2, 0.2)])
+            results.append([out, lse, *_C.patch_attention_backward(go, theta, phi, g, mask, out, lse, 2, 0.2)])
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
@@ -166,10 +166,12 @@ def test_checks_arguments():
         ("g", lambda: _C.patch_attention_forward(t, t, t[..., :4], m, 2, 1.0)),
         ("mask", lambda: _C.patch_attention_forward(t, t, t, torch.ones(2, 2, 8, 8), 2, 1.0)),
         ("theta", lambda: _C.patch_attention_forward(t[0], t, t, m, 2, 1.0)),
-        ("lse", lambda: _C.patch_attention_backward(t, t, t, t, m, torch.zeros(2, 15), 2, 1.0)),
-        ("lse", lambda: _C.patch_attention_backward(t, t, t, t, m, lse.double(), 2, 1.0)),
-        ("grad_out", lambda: _C.patch_attention_backward(t[:, :2], t, t, t, m, lse, 2, 1.0)),
-        ("grad_out", lambda: _C.patch_attention_backward(t.double(), t, t, t, m, lse, 2, 1.0)),
+        ("lse", lambda: _C.patch_attention_backward(t, t, t, t, m, t, torch.zeros(2, 15), 2, 1.0)),
+        ("lse", lambda: _C.patch_attention_backward(t, t, t, t, m, t, lse.double(), 2, 1.0)),
+        ("grad_out", lambda: _C.patch_attention_backward(t[:, :2], t, t, t, m, t, lse, 2, 1.0)),
+        ("grad_out", lambda: _C.patch_attention_backward(t.double(), t, t, t, m, t, lse, 2, 1.0)),
+        ("out", lambda: _C.patch_attention_backward(t, t, t, t, m, t[:, :2], lse, 2, 1.0)),
+        ("out", lambda: _C.patch_attention_backward(t, t, t, t, m, t.double(), lse, 2, 1.0)),
     ]
     for what, call in bad:
         with pytest.raises(RuntimeError, match=what):
@@ -202,11 +204,11 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     scale = 1 / 8.0
     small = [t[..., :32, :32].contiguous() for t in (theta, phi, g, go, mask)]  # warm-up: threads, BLAS buffers
     out, lse = _C.patch_attention_forward(*small[:3], small[4], 2, scale)
-    _C.patch_attention_backward(small[3], *small[:3], small[4], lse, 2, scale)
+    _C.patch_attention_backward(small[3], *small[:3], small[4], out, lse, 2, scale)
     del out, lse
     _, probe = peak_extra(lambda: torch.ones(4 << 20))                        # self-check: 16 MiB
     (out, lse), fwd = peak_extra(lambda: _C.patch_attention_forward(theta, phi, g, mask, 2, scale))
-    grads, bwd = peak_extra(lambda: _C.patch_attention_backward(go, theta, phi, g, mask, lse, 2, scale))
+    grads, bwd = peak_extra(lambda: _C.patch_attention_backward(go, theta, phi, g, mask, out, lse, 2, scale))
     outputs_fwd = out.numel() * 4 + lse.numel() * 4
     outputs_bwd = sum(t.numel() * 4 for t in grads)
     print(json.dumps(dict(probe=probe, fwd=fwd, bwd=bwd, outputs_fwd=outputs_fwd, outputs_bwd=outputs_bwd)))

@@ -34,7 +34,7 @@ def _samples():
         "memory_read_backward": (OPS.memory_read_backward, lambda b: (f(2, 4, 8, rg=False), f(2, 4, 8, rg=False), torch.randn(4, 16, 8), torch.rand(2, 4, 16).softmax(-1), 0.5, b)),
         "memory_update_": (OPS.memory_update_, lambda b: (torch.randn(4, 16, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 8), torch.rand(3, 4) > 0.3, 0.9, b)),
         "masked_patch_attention": (OPS.masked_patch_attention, lambda b: (f(2, 3, 7, 6), f(2, 3, 7, 6), f(2, 4, 7, 6), mask, 2, 0.4, b)),
-        "masked_patch_attention_backward": (OPS.masked_patch_attention_backward, lambda b: (f(2, 4, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), f(2, 4, 7, 6, rg=False), mask, torch.randn(2, 12), 2, 0.4, b)),
+        "masked_patch_attention_backward": (OPS.masked_patch_attention_backward, lambda b: (f(2, 4, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), f(2, 4, 7, 6, rg=False), mask, f(2, 4, 7, 6, rg=False), torch.randn(2, 12), 2, 0.4, b)),
         "spade_modulate": (OPS.spade_modulate, lambda b: (f(2, 3, 5, 4), f(2, 3, 5, 4), f(2, 3, 5, 4), 1e-5, b)),
         "spade_modulate_backward": (OPS.spade_modulate_backward, lambda b: (f(2, 3, 5, 4, rg=False), f(2, 3, 5, 4, rg=False), f(2, 3, 5, 4, rg=False), torch.randn(2, 3), torch.rand(2, 3) + 0.5, [True, False, True], b)),
     }

@@ -42,58 +42,90 @@ std::unique_ptr<T[]> uninit(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-// Pass 1 of the separable window sum. For every input row (b, h):
-//   hsum[b, h, ow] = sum_j plane[b, h, ow*sw - pw + j*dw],  plane = sum_c mask[b, c, h, :]
-template <typename scalar_t, typename acc_t>
-void horizontal_pass(const scalar_t* mask, int64_t B, int64_t Cm, int64_t H, int64_t W, int64_t Wo,
-                     const Geom& g, acc_t* hsum) {
-  const int64_t Wp = W + 2 * g.pw;
-  const int64_t sw = g.sw, dw = g.dw, kw = g.kw;
-  at::parallel_for(0, B * H, grain_for(Cm * W + kw * Wo), [&](int64_t begin, int64_t end) {
-    // The zeros on both sides of the row are the conv's zero padding: with them the window
-    // loop needs no bounds checks. Conv geometry guarantees (Wo-1)*sw + (kw-1)*dw < Wp.
-    std::vector<acc_t> padded(static_cast<size_t>(Wp), acc_t(0));
-    acc_t* __restrict__ row = padded.data() + g.pw;
-    const acc_t* __restrict__ base = padded.data();
+// Mask window sums with running (prefix) sums: the cost per output pixel does not depend on the kernel
+// size. Prefix sums are kept in double, so the window sum P[hi] - P[lo - d] of a float mask is exact for
+// binary masks and within a few ulps of a direct sum for soft ones (and fine for float64 masks too).
+//
+// The taps {s, s + d, ..., s + (k-1)d} of one window, clipped to the image [0, n): first and last tap
+// inside (same residue mod d); lo > hi when the window lies entirely in the zero padding.
+struct Taps {
+  int64_t lo, hi;
+};
+
+inline Taps clip_taps(int64_t s, int64_t k, int64_t d, int64_t n) {
+  const int64_t e = s + (k - 1) * d;
+  const int64_t lo = s < 0 ? s + ((-s + d - 1) / d) * d : s;
+  const int64_t hi = e >= n ? e - ((e - n + d) / d) * d : e;
+  return {lo, hi};
+}
+
+// Window sum from a stride-d prefix P (P[i] = v[i] + P[i - d]); `step` is the distance between
+// consecutive entries of P in memory.
+MDR_INLINE double window_sum(const double* P, const Taps& t, int64_t d, int64_t step) {
+  if (t.lo > t.hi) return 0.0;
+  return P[t.hi * step] - (t.lo >= d ? P[(t.lo - d) * step] : 0.0);
+}
+
+// Pass 1, per input row (b, h): the channel-summed mask row, its stride-dw prefix, then every output
+// column's window: hsum[b, h, ow]. Pass 2: hsum becomes a stride-dh prefix down each column, so any
+// output row's window sum is one subtraction (vertical_rows).
+template <typename scalar_t>
+void window_prefix(const scalar_t* mask, int64_t B, int64_t Cm, int64_t H, int64_t W, int64_t Wo,
+                   const Geom& g, double* hsum) {
+  std::vector<Taps> cols(static_cast<size_t>(Wo));
+  for (int64_t ow = 0; ow < Wo; ++ow) cols[ow] = clip_taps(ow * g.sw - g.pw, g.kw, g.dw, W);
+  const int64_t dw = g.dw, dh = g.dh;
+  at::parallel_for(0, B * H, grain_for(Cm * W + Wo), [&](int64_t begin, int64_t end) {
+    std::vector<double> buf(static_cast<size_t>(W));
+    double* __restrict__ row = buf.data();
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / H, h = r % H;
       const scalar_t* __restrict__ m0 = mask + (b * Cm * H + h) * W;
-      for (int64_t w = 0; w < W; ++w) row[w] = static_cast<acc_t>(m0[w]);
+      for (int64_t w = 0; w < W; ++w) row[w] = static_cast<double>(m0[w]);
       for (int64_t c = 1; c < Cm; ++c) {
         const scalar_t* __restrict__ mc = m0 + c * H * W;
-        for (int64_t w = 0; w < W; ++w) row[w] += static_cast<acc_t>(mc[w]);
+        for (int64_t w = 0; w < W; ++w) row[w] += static_cast<double>(mc[w]);
       }
-      acc_t* __restrict__ out = hsum + r * Wo;
-      for (int64_t ow = 0; ow < Wo; ++ow) out[ow] = base[ow * sw];
-      for (int64_t j = 1; j < kw; ++j) {
-        const acc_t* __restrict__ bj = base + j * dw;
-        for (int64_t ow = 0; ow < Wo; ++ow) out[ow] += bj[ow * sw];
+      for (int64_t w = dw; w < W; ++w) row[w] += row[w - dw];
+      double* __restrict__ out = hsum + r * Wo;
+      for (int64_t ow = 0; ow < Wo; ++ow) out[ow] = window_sum(row, cols[ow], dw, 1);
+    }
+  });
+  // column prefixes: sequential in h, so the tasks are (b, a chunk of columns)
+  constexpr int64_t kCols = 256;
+  const int64_t nchunk = (Wo + kCols - 1) / kCols;
+  at::parallel_for(0, B * nchunk, grain_for(H * kCols), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / nchunk, c0 = (t % nchunk) * kCols, c1 = std::min(Wo, c0 + kCols);
+      double* plane = hsum + b * H * Wo;
+      for (int64_t h = dh; h < H; ++h) {
+        double* __restrict__ dst = plane + h * Wo;
+        const double* __restrict__ src = plane + (h - dh) * Wo;
+        for (int64_t ow = c0; ow < c1; ++ow) dst[ow] += src[ow];
       }
     }
   });
 }
 
-// Pass 2: msum[oh, :] = sum over the kh valid input rows of hsum, for oh in [oh0, oh1) of batch b.
-// Rows outside the image are the zero padding and are simply skipped.
+// msum[oh, :] for oh in [oh0, oh1) of batch b, from the column prefixes of window_prefix.
 template <typename acc_t>
-inline void vertical_rows(const acc_t* hsum, int64_t b, int64_t oh0, int64_t oh1, int64_t H, int64_t Wo,
+inline void vertical_rows(const double* hsum, int64_t b, int64_t oh0, int64_t oh1, int64_t H, int64_t Wo,
                           const Geom& g, acc_t* __restrict__ msum) {
+  const double* plane = hsum + b * H * Wo;
   for (int64_t oh = oh0; oh < oh1; ++oh) {
     acc_t* __restrict__ dst = msum + (oh - oh0) * Wo;
-    const int64_t top = oh * g.sh - g.ph;
-    bool first = true;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t h = top + i * g.dh;
-      if (h < 0 || h >= H) continue;
-      const acc_t* __restrict__ src = hsum + (b * H + h) * Wo;
-      if (first) {
-        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow];
-        first = false;
-      } else {
-        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] += src[ow];
-      }
+    const Taps t = clip_taps(oh * g.sh - g.ph, g.kh, g.dh, H);
+    if (t.lo > t.hi) {  // window lies entirely in the padding
+      std::fill(dst, dst + Wo, acc_t(0));
+      continue;
     }
-    if (first) std::fill(dst, dst + Wo, acc_t(0));  // window lies entirely in the padding
+    const double* __restrict__ top = plane + t.hi * Wo;
+    if (t.lo >= g.dh) {
+      const double* __restrict__ sub = plane + (t.lo - g.dh) * Wo;
+      for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = static_cast<acc_t>(top[ow] - sub[ow]);
+    } else {
+      for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = static_cast<acc_t>(top[ow]);
+    }
   }
 }
 
@@ -120,8 +152,8 @@ void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, 
   const int64_t HoWo = Ho * Wo;
   const int64_t Cn = new_mask.size(1);  // 1, or Co when multi_channel
 
-  auto hsum = uninit<acc_t>(B * H * Wo);
-  horizontal_pass<scalar_t, acc_t>(mask.const_data_ptr<scalar_t>(), B, Cm, H, W, Wo, g, hsum.get());
+  auto hsum = uninit<double>(B * H * Wo);
+  window_prefix<scalar_t>(mask.const_data_ptr<scalar_t>(), B, Cm, H, W, Wo, g, hsum.get());
 
   const bool has_bias = bias != nullptr;
   std::vector<acc_t> bias_acc(static_cast<size_t>(has_bias ? Co : 0));
@@ -206,8 +238,8 @@ template <typename scalar_t>
 void mask_sum_impl(const at::Tensor& mask, const Geom& g, int64_t Ho, int64_t Wo, at::Tensor& msum) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = mask.size(0), Cm = mask.size(1), H = mask.size(2), W = mask.size(3);
-  auto hsum = uninit<acc_t>(B * H * Wo);
-  horizontal_pass<scalar_t, acc_t>(mask.const_data_ptr<scalar_t>(), B, Cm, H, W, Wo, g, hsum.get());
+  auto hsum = uninit<double>(B * H * Wo);
+  window_prefix<scalar_t>(mask.const_data_ptr<scalar_t>(), B, Cm, H, W, Wo, g, hsum.get());
   acc_t* dst = msum.mutable_data_ptr<acc_t>();
   at::parallel_for(0, B * Ho, grain_for(Wo * g.kh), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)

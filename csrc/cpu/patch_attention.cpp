@@ -7,7 +7,7 @@
 // Patches are gathered straight from the NCHW maps into small tile buffers (no unfold of a map).
 // Query patches without a hole pixel have out == 0 by definition and are skipped entirely.
 // The backward recomputes the probabilities from the saved log-sum-exp (flash-attention-2):
-//   pass 1, parallel over query tiles:  D_i = sum_j P_ij dP_ij, then dQ
+//   pass 1, parallel over query tiles:  D_i = rowsum(dO_i O_i) from the saved output, then dQ
 //   pass 2, parallel over key tiles:    dK, dV
 // so every output element has exactly one writer and a fixed summation order: the results do
 // not depend on the thread count. Extra memory is O(threads * tile * d + N), never O(N^2).
@@ -326,6 +326,26 @@ void scatter_rows(const acc_t* src, int64_t ld, const acc_t* keep, int64_t C, co
   }
 }
 
+// D_i = sum of grad_out * out over query patch i's pixels (inside the image) and channels. This is
+// flash attention's rowsum(P * dP) = rowsum(dO' * O): out = O (1 - mask) and dO' = grad_out (1 - mask),
+// and O's padded pixels meet a zero dO'. Reading the saved output saves a sweep over the keys.
+template <typename scalar_t, typename acc_t>
+void patch_dot(const scalar_t* a, const scalar_t* b, int64_t C, const Geo& g, const int32_t* idx, int64_t rows,
+               acc_t* D) {
+  const int64_t p = g.p;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t j = idx[r], y0 = j / g.npw * p, x0 = j % g.npw * p;
+    const int64_t hy = std::min(p, g.H - y0), wx = std::min(p, g.W - x0);
+    acc_t sum(0);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t ky = 0; ky < hy; ++ky) {
+        const int64_t off = c * g.HW + (y0 + ky) * g.W + x0;
+        for (int64_t kx = 0; kx < wx; ++kx) sum += static_cast<acc_t>(a[off + kx]) * static_cast<acc_t>(b[off + kx]);
+      }
+    D[r] = sum;
+  }
+}
+
 // A key tile is stored transposed (C*p*p rows x n columns, ld). Within one patch row, the p entries
 // (c, ky, 0..p-1) of consecutive patches are one contiguous image-row run: a run of `len` patches,
 // `npix` of its pixels inside the image, goes to (from) p tile rows, one per kx (a de-interleave;
@@ -587,7 +607,8 @@ void forward_impl(const at::Tensor& theta, const at::Tensor& phi, const at::Tens
 
 template <typename scalar_t>
 void backward_impl(const at::Tensor& grad_out, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& gv,
-                   const at::Tensor& mask_acc, const at::Tensor& lse, const Geo& g, double scale_d,
+                   const at::Tensor& mask_acc, const at::Tensor& out, const at::Tensor& lse, const Geo& g,
+                   double scale_d,
                    at::Tensor& d_theta, at::Tensor& d_phi, at::Tensor& d_g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = theta.size(0), Ck = theta.size(1), Cv = gv.size(1), pp = g.p * g.p;
@@ -601,6 +622,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& theta, const at
   const scalar_t* th = theta.const_data_ptr<scalar_t>();
   const scalar_t* ph = phi.const_data_ptr<scalar_t>();
   const scalar_t* gp = gv.const_data_ptr<scalar_t>();
+  const scalar_t* op = out.const_data_ptr<scalar_t>();
   const acc_t* lp = lse.const_data_ptr<acc_t>();
   scalar_t* dth = d_theta.mutable_data_ptr<scalar_t>();
   scalar_t* dph = d_phi.mutable_data_ptr<scalar_t>();
@@ -611,42 +633,37 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& theta, const at
   for (int64_t b = 0; b < B; ++b)
     for (int64_t a = qt.start[b]; a < qt.start[b + 1]; ++a) lse_a[a] = lp[b * g.N + qt.idx[a]];
 
-  // Pass 1, parallel over query tiles: D_i = sum_j P_ij dP_ij (one sweep over the keys), then
-  // dQ_i = sum_j dS_ij K_j (a second sweep, now that D_i is known).
+  // Pass 1, parallel over query tiles: D_i = rowsum(dO' * O) from the saved output (patch_dot), then
+  // dQ_i = sum_j dS_ij K_j in one sweep over the keys.
   at::parallel_for(0, qt.tile0[B], 1, [&](int64_t begin, int64_t end) {
     const int64_t gq = group_size(end - begin, kTq * (2 * dk + dv) * sizeof(acc_t));
     Scratch<acc_t> q(gq * kTq * dk), dq(gq * kTq * dk), dout(gq * kTq * dv);
     Scratch<acc_t> kt(dk * kTk), vt(dv * kTk), s(kTq * kTk), dp(kTq * kTk);
     for_each_group(qt.tile0, begin, end, gq, [&](int64_t b, int64_t t0, int64_t nt) {
       for (int64_t i = 0; i < nt; ++i) {
-        const int64_t rows = qt.rows(b, t0 + i);
-        const int32_t* idx = qt.idx.data() + qt.first(b, t0 + i);
+        const int64_t rows = qt.rows(b, t0 + i), a = qt.first(b, t0 + i);
+        const int32_t* idx = qt.idx.data() + a;
         gather_rows<scalar_t, acc_t>(th + b * Ck * g.HW, nullptr, Ck, g, idx, rows, q.get() + i * kTq * dk, dk);
         gather_rows<scalar_t, acc_t>(go + b * Cv * g.HW, keep.data() + b * g.HW, Cv, g, idx, rows,
                                      dout.get() + i * kTq * dv, dv);
+        patch_dot<scalar_t, acc_t>(go + b * Cv * g.HW, op + b * Cv * g.HW, Cv, g, idx, rows, dsum.data() + a);
       }
       std::fill(dq.get(), dq.get() + nt * kTq * dk, acc_t(0));
-      for (int sweep = 0; sweep < 2; ++sweep) {
-        for (int64_t k = 0; k < nkt; ++k) {
-          const int64_t j0 = k * kTk, nk = std::min(kTk, g.N - j0);
-          gather_keys_t<scalar_t, acc_t>(ph + b * Ck * g.HW, Ck, g, j0, nk, kt.get(), kTk);
-          gather_keys_t<scalar_t, acc_t>(gp + b * Cv * g.HW, Cv, g, j0, nk, vt.get(), kTk);
-          for (int64_t i = 0; i < nt; ++i) {
-            const int64_t r0 = i * kTq, rows = qt.rows(b, t0 + i), a = qt.first(b, t0 + i);
-            gemm<acc_t>(false, false, rows, nk, dk, scale, q.get() + r0 * dk, dk, kt.get(), kTk, acc_t(0), s.get(),
-                        kTk);
-            probs(s.get(), kTk, rows, nk, lse_a.data() + a);
-            gemm<acc_t>(false, false, rows, nk, dv, acc_t(1), dout.get() + r0 * dv, dv, vt.get(), kTk, acc_t(0),
-                        dp.get(), kTk);
-            if (sweep == 0) {
-              rowdot(s.get(), dp.get(), kTk, rows, nk, dsum.data() + a);
-            } else {
-              dscore(s.get(), dp.get(), kTk, rows, nk, dsum.data() + a, scale);
-              // dQ (rows x dk) += dS (rows x nk) K (nk x dk); K is stored transposed (dk x nk)
-              gemm<acc_t>(false, true, rows, dk, nk, acc_t(1), dp.get(), kTk, kt.get(), kTk, acc_t(1),
-                          dq.get() + r0 * dk, dk);
-            }
-          }
+      for (int64_t k = 0; k < nkt; ++k) {
+        const int64_t j0 = k * kTk, nk = std::min(kTk, g.N - j0);
+        gather_keys_t<scalar_t, acc_t>(ph + b * Ck * g.HW, Ck, g, j0, nk, kt.get(), kTk);
+        gather_keys_t<scalar_t, acc_t>(gp + b * Cv * g.HW, Cv, g, j0, nk, vt.get(), kTk);
+        for (int64_t i = 0; i < nt; ++i) {
+          const int64_t r0 = i * kTq, rows = qt.rows(b, t0 + i), a = qt.first(b, t0 + i);
+          gemm<acc_t>(false, false, rows, nk, dk, scale, q.get() + r0 * dk, dk, kt.get(), kTk, acc_t(0), s.get(),
+                      kTk);
+          probs(s.get(), kTk, rows, nk, lse_a.data() + a);
+          gemm<acc_t>(false, false, rows, nk, dv, acc_t(1), dout.get() + r0 * dv, dv, vt.get(), kTk, acc_t(0),
+                      dp.get(), kTk);
+          dscore(s.get(), dp.get(), kTk, rows, nk, dsum.data() + a, scale);
+          // dQ (rows x dk) += dS (rows x nk) K (nk x dk); K is stored transposed (dk x nk)
+          gemm<acc_t>(false, true, rows, dk, nk, acc_t(1), dp.get(), kTk, kt.get(), kTk, acc_t(1),
+                      dq.get() + r0 * dk, dk);
         }
       }
       for (int64_t i = 0; i < nt; ++i)
@@ -761,14 +778,17 @@ std::vector<at::Tensor> patch_attention_forward(const at::Tensor& theta_in, cons
 
 std::vector<at::Tensor> patch_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& theta_in,
                                                  const at::Tensor& phi_in, const at::Tensor& g_in,
-                                                 const at::Tensor& mask_in, const at::Tensor& lse_in,
-                                                 int64_t patch_size, double scale) {
+                                                 const at::Tensor& mask_in, const at::Tensor& out_in,
+                                                 const at::Tensor& lse_in, int64_t patch_size, double scale) {
   const Geo geo = check_inputs(theta_in, phi_in, g_in, mask_in, patch_size);
   const auto st = theta_in.scalar_type();
   checks::cpu_4d(grad_out_in, "grad_out", "(B, Cv, H, W)");
   checks::same_dtype(grad_out_in, "grad_out", g_in, "g");
   TORCH_CHECK(grad_out_in.sizes() == g_in.sizes(), "grad_out must have g's shape ", g_in.sizes(), ", got ",
               grad_out_in.sizes());
+  checks::cpu_4d(out_in, "out", "(B, Cv, H, W)");
+  checks::same_dtype(out_in, "out", g_in, "g");
+  TORCH_CHECK(out_in.sizes() == g_in.sizes(), "out must have g's shape ", g_in.sizes(), ", got ", out_in.sizes());
   TORCH_CHECK(lse_in.defined() && lse_in.device().is_cpu(), "lse must be a defined CPU tensor");
   TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == theta_in.size(0) && lse_in.size(1) == geo.N,
               "lse must have shape (B, N) = (", theta_in.size(0), ", ", geo.N, "), N = ceil(H/p)*ceil(W/p), got ",
@@ -776,7 +796,7 @@ std::vector<at::Tensor> patch_attention_backward(const at::Tensor& grad_out_in, 
   TORCH_CHECK(lse_in.scalar_type() == acc_dtype(st), "lse must be ", acc_dtype(st), " for inputs of dtype ", st,
               ", got ", lse_in.scalar_type());
   const at::Tensor theta = theta_in.contiguous(), phi = phi_in.contiguous(), g = g_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
   const at::Tensor mask = mask_in.to(acc_dtype(st)).contiguous();
   at::Tensor d_theta = at::zeros(theta.sizes(), theta.options());  // rows of skipped queries stay 0
   at::Tensor d_phi = at::empty(phi.sizes(), phi.options());        // every key pixel is written
@@ -784,7 +804,7 @@ std::vector<at::Tensor> patch_attention_backward(const at::Tensor& grad_out_in, 
   if (d_theta.numel() == 0 && d_g.numel() == 0) return {d_theta, d_phi, d_g};
   if (geo.N == 0) return {d_theta, d_phi.zero_(), d_g.zero_()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "patch_attention_backward", [&] {
-    backward_impl<scalar_t>(grad_out, theta, phi, g, mask, lse, geo, scale, d_theta, d_phi, d_g);
+    backward_impl<scalar_t>(grad_out, theta, phi, g, mask, out, lse, geo, scale, d_theta, d_phi, d_g);
   });
   return {d_theta, d_phi, d_g};
 }

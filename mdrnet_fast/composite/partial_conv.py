@@ -17,7 +17,8 @@ def conv_raw_backward(grad_raw, x, mask, weight, stride, padding, dilation, grou
     gxm, gw, _ = torch.ops.aten.convolution_backward(
         grad_raw, x * mask, weight, None, stride, padding, dilation, False, [0, 0], groups,
         [need_x, need_w, False])
-    gx = (gxm * mask).contiguous(memory_format=out_format(x)) if need_x else None
+    # gxm is a fresh tensor: masking it in place saves an input-sized allocation
+    gx = gxm.mul_(mask).contiguous(memory_format=out_format(x)) if need_x else None
     return gx, (gw.contiguous() if need_w else None)
 
 

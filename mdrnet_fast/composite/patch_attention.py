@@ -38,7 +38,8 @@ def forward(theta, phi, g, mask, patch_size, scale):
 
 @register_kernel("patch_attention.backward", "composite")
 @no_autocast
-def backward(grad_out, theta, phi, g, mask, lse, patch_size, scale):
+def backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale):
+    """`out` (the forward's) is unused here: D = rowsum(P dP) comes with the probabilities anyway."""
     acc, p = acc_dtype(theta.dtype), patch_size
     tq, tk, tv = _patches(theta, phi, g, p, acc)
     d_out = to_patches(pad_to_multiple(grad_out.to(acc) * (1 - mask.to(acc)), p), p)

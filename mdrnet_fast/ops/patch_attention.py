@@ -27,26 +27,29 @@ def _(theta, phi, g, mask, patch_size, scale, backend):
 
 @torch.library.custom_op("mdrnet_fast::masked_patch_attention_backward", mutates_args=())
 def patch_attention_backward_op(grad_out: Tensor, theta: Tensor, phi: Tensor, g: Tensor, mask: Tensor,
-                                lse: Tensor, patch_size: int, scale: float,
+                                out: Tensor, lse: Tensor, patch_size: int, scale: float,
                                 backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    return get_kernel("patch_attention.backward", backend)(grad_out, theta, phi, g, mask, lse, patch_size, scale)
+    """`out` and `lse` are the forward's: kernels take D_i = rowsum(dO_i * O_i) from out (flash-attention-2)."""
+    return get_kernel("patch_attention.backward", backend)(grad_out, theta, phi, g, mask, out, lse, patch_size,
+                                                           scale)
 
 
 @patch_attention_backward_op.register_fake
-def _(grad_out, theta, phi, g, mask, lse, patch_size, scale, backend):
+def _(grad_out, theta, phi, g, mask, out, lse, patch_size, scale, backend):
     return theta.new_empty(theta.shape), phi.new_empty(phi.shape), g.new_empty(g.shape)
 
 
 def _setup_context(ctx, inputs, output):
     theta, phi, g, mask, patch_size, scale, backend = inputs
-    ctx.save_for_backward(theta, phi, g, mask, output[1])
+    ctx.save_for_backward(theta, phi, g, mask, output[0], output[1])
     ctx.args = (patch_size, scale, backend)
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    theta, phi, g, mask, lse = ctx.saved_tensors
-    d_theta, d_phi, d_g = patch_attention_backward_op(grad_out.contiguous(), theta, phi, g, mask, lse, *ctx.args)
+    theta, phi, g, mask, out, lse = ctx.saved_tensors
+    d_theta, d_phi, d_g = patch_attention_backward_op(grad_out.contiguous(), theta, phi, g, mask, out, lse,
+                                                      *ctx.args)
     return d_theta, d_phi, d_g, None, None, None, None
 
 
