@@ -55,14 +55,16 @@ def update(backend, mem, q, v, present, alpha):
 
 
 def grad_floor(w, q, mem, tau):
-    """max |grad_qn| / max(|q|, eps): the size of the two terms that cancel in d q_hat / d q (where the true
-    gradient is ~0, e.g. C = 1, both sides return rounding noise of this size)."""
+    """The size of the terms that cancel in d q_hat / d q, over max(|q|, eps): the softmax gradient's
+    a_j (ga_j - sum_k a_k ga_k) and then the radial projection of grad_qn. Where the true gradient is ~0
+    (e.g. C = 1, or ga nearly constant over the slots) both sides return rounding noise of this size, so
+    it is the scale errors are measured against. Magnitudes, not signed sums: a bound before cancelling."""
     q, mem, w = q.double(), mem.double(), w.double()
     mn = mem / mem.norm(dim=-1, keepdim=True).clamp_min(RM.COS_EPS)
     a = torch.softmax(RM.cosine(q, mem) / tau, dim=-1)
-    ga = torch.einsum("bic,ijc->bij", w, mem)
-    gqn = torch.einsum("bij,ijc->bic", a * (ga - (a * ga).sum(-1, keepdim=True)) / tau, mn)
-    return (gqn.norm(dim=-1) / q.norm(dim=-1).clamp_min(RM.COS_EPS)).max().item()
+    ga = torch.einsum("bic,ijc->bij", w, mem).abs()
+    terms = torch.einsum("bij,ijc->bic", a * (ga + (a * ga).sum(-1, keepdim=True)) / tau, mn.abs())
+    return (terms.norm(dim=-1) / q.norm(dim=-1).clamp_min(RM.COS_EPS)).max().item()
 
 
 def batch_mean_update(mem, v, present, slots, alpha):
