@@ -43,7 +43,10 @@ def conv_block(cin, cout, k=3, stride=1, norm=True, act="relu"):
     """Conv (+ instance norm) + activation: the plain convs of the parser, style encoder and critic."""
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)]  # a norm cancels any bias
     if norm:
-        layers.append(nn.InstanceNorm2d(cout, affine=True))
+        # Instance norm with affine parameters, computed by group_norm with one channel per group: the
+        # same values and state_dict keys (weight, bias) as nn.InstanceNorm2d(cout, affine=True), but
+        # torch's group-norm kernel is ~7x faster on CPU and keeps channels_last (instance_norm copies).
+        layers.append(nn.GroupNorm(cout, cout))
     if act == "relu":
         layers.append(nn.ReLU(inplace=True))
     elif act == "lrelu":
