@@ -79,8 +79,10 @@ def _devices():
 
 
 def _impls(device):
+    """Backends, each also with model and inputs in channels_last ("+cl"): the layout is a choice a user
+    makes (`mdrnet-fast train --channels-last`), and both sides of every ratio can make it."""
     fast = [b for b in BACKENDS_FOR[device] if mdrnet_fast.backends()[b]["available"]]
-    return ["reference", *fast, "compile"]
+    return ["reference", "reference+cl", *[v for b in fast for v in (b, b + "+cl")], "compile"]
 
 
 def pytest_generate_tests(metafunc):
@@ -127,8 +129,11 @@ def _quiet_criterion():
 def _make_step(config, mode, device, impl):
     """The function timed per round, its model, and the backend context it runs under."""
     proto_model, proto_critic, inputs = _prototype(config)
-    model = copy.deepcopy(proto_model).to(device)
-    image, mask, labels = (inputs[k].to(device) for k in ("image", "mask", "labels"))
+    impl, _, layout = impl.partition("+")
+    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+    model = copy.deepcopy(proto_model).to(device, memory_format=fmt)
+    image, mask = (inputs[k].to(device).contiguous(memory_format=fmt) for k in ("image", "mask"))
+    labels = inputs["labels"].to(device)
     backend = "reference" if impl == "compile" else impl
     if impl == "compile":
         torch._dynamo.reset()  # a fresh compile per benchmark: no recompile limits or guards carried over
@@ -149,7 +154,7 @@ def _make_step(config, mode, device, impl):
         return step, backend
 
     model.train()
-    critic = copy.deepcopy(proto_critic).to(device).train()
+    critic = copy.deepcopy(proto_critic).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=LR, betas=BETAS)
     criterion = _quiet_criterion()
@@ -196,7 +201,8 @@ def test_model(benchmark, monkeypatch, config, mode, device, impl):
         with mdrnet_fast.use_backend(backend):
             step()
 
-    asked = _record_kernels(monkeypatch, impl) if impl in _dispatch.FAST_BACKENDS else None
+    backend_name = impl.partition("+")[0]
+    asked = _record_kernels(monkeypatch, backend_name) if backend_name in _dispatch.FAST_BACKENDS else None
     try:
         run()  # torch.compile compiles here (forward and, in train, backward); Adam creates its state
     except Exception as exc:
@@ -217,11 +223,12 @@ def test_model(benchmark, monkeypatch, config, mode, device, impl):
     # peak memory is measured on CUDA only: the CPU allocator keeps no peak statistic (None = not measured)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None
     mean = benchmark.stats.stats.mean
-    info = dict(impl=impl, model="MDRNet", mode=mode, preset=config.preset, image_size=config.size,
+    info = dict(impl=impl, backend=backend_name, layout="channels_last" if impl.endswith("+cl") else "nchw",
+                model="MDRNet", mode=mode, preset=config.preset, image_size=config.size,
                 batch=config.batch, shape=config.tag, device=device, dtype="float32",
                 threads=torch.get_num_threads(), images_per_s=config.batch / mean if mean else None,
                 peak_mem_mib=peak, quick=QUICK)
     if asked is not None:  # fast backends: which kernels of the step are its own, which the composite path
-        own = sorted(k for k in asked if _dispatch.has_kernel(k, impl))
+        own = sorted(k for k in asked if _dispatch.has_kernel(k, backend_name))
         info.update(kernels=own, missing_kernels=sorted(asked - set(own)), real_kernel=len(own) == len(asked))
     benchmark.extra_info.update(info)

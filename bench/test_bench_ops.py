@@ -8,8 +8,8 @@ gradient of the sum of the outputs w.r.t. the float inputs. See bench/README.md.
 """
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
 
 import pytest
 import torch
@@ -37,6 +37,7 @@ class Case:
     grads: Tuple[int, ...]           # indices of the args differentiated in fwdbwd ( () = forward only)
     families: Tuple[str, ...]        # kernel families the fast path uses
     conv: Optional[Callable] = None  # the plain F.conv2d of the same shape, on the same args
+    baselines: Dict[str, Callable] = field(default_factory=dict)  # other formulations, by impl name
 
 
 def _randn(*shape, device):
@@ -73,10 +74,24 @@ def _labels(b, hw, device):
     return torch.randint(0, N_CLASSES, (b, hw, hw), device=device)
 
 
+def sean_loop_pool(feat, labels, num_classes):
+    """Region pooling the way SEAN's encoder does it: per sample and class, masked_select the region's
+    pixels and take their mean (the baseline of issue 4's >= 20x target; the reference is the one-hot einsum)."""
+    b, c = feat.shape[:2]
+    codes = feat.new_zeros(b, num_classes, c)
+    for i in range(b):
+        for k in range(num_classes):
+            region = labels[i] == k
+            area = int(region.sum())
+            if area > 0:
+                codes[i, k] = feat[i].masked_select(region.unsqueeze(0)).reshape(c, area).mean(1)
+    return codes
+
+
 def region_pool(b, c, hw):
     return Case("region_avg_pool", f"B{b}-C{c}-{hw}x{hw}-n{N_CLASSES}",
                 lambda dev: [_randn(b, c, hw, hw, device=dev), _labels(b, hw, dev), N_CLASSES], (0,),
-                ("region_pool", "region_broadcast"))
+                ("region_pool", "region_broadcast"), baselines={"sean-loop": sean_loop_pool})
 
 
 def region_broadcast(b, c, hw):
@@ -121,7 +136,7 @@ if QUICK:
 else:
     CASES = [partial_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3, masked=True),
              region_pool(4, 128, 64), region_broadcast(4, 128, 64), memory_read(8, 256), memory_update(8, 256),
-             patch_attention(2, 64, 32, 2), spade(4, 128, 64)]
+             patch_attention(2, 64, 32, 2), patch_attention(2, 64, 64, 2), spade(4, 128, 64)]
 
 
 def _devices():
@@ -130,7 +145,7 @@ def _devices():
 
 def _impls(case, device):
     fast = [b for b in BACKENDS_FOR[device] if mdrnet_fast.backends()[b]["available"]]
-    return ["reference", *fast, "compile"] + (["conv2d"] if case.conv else [])
+    return ["reference", *fast, "compile"] + (["conv2d"] if case.conv else []) + list(case.baselines)
 
 
 def pytest_generate_tests(metafunc):
@@ -152,6 +167,8 @@ def _sync(device):
 def _implementation(case, impl):
     if impl == "conv2d":
         return case.conv
+    if impl in case.baselines:
+        return case.baselines[impl]
     if impl == "compile":
         torch._dynamo.reset()  # a fresh compile per benchmark: no recompile limits or shape guards carried over
         return torch.compile(getattr(reference, case.op))
