@@ -18,6 +18,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from mdrnet_fast.triton_kernels import gated_activation as G  # noqa: E402
 from mdrnet_fast.triton_kernels import memory as M  # noqa: E402
+from mdrnet_fast.triton_kernels import patch_attention as PA  # noqa: E402
 from mdrnet_fast.triton_kernels import region_pool as R  # noqa: E402
 from mdrnet_fast.triton_kernels import spade as S  # noqa: E402
 
@@ -73,6 +74,16 @@ def variants(full):
                dict(TAU=0.5, EPS=1e-8, ACC=acc, M_PAD=128, BLOCK_C=32), 8)
         yield (M._update_kernel, dict(mem_ptr=io, v_ptr=io, slot_ptr="i64"),
                dict(ALPHA=0.9, ACC=acc, BLOCK_M=64, BLOCK_C=64), 8)
+        # patch attention at the GPU configs of PA._config: d = 128 (64 x 64 tiles), p = 2 and an odd p = 3
+        prec = "ieee" if acc == tl.float64 else ("tf32" if io != "fp32" else "tf32x3")
+        blocks = ((16, 128, 4),) if acc == tl.float64 else ((64, 128, 4), (32, 256, 8))
+        for block, d, warps in blocks if full else blocks[:1]:
+            for p in (2, 3) if full else (2,):
+                pa = dict(SCALE=0.125, P=p, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=block, BLOCK_N=block)
+                maps = dict(q_ptr=io, k_ptr=io, v_ptr=io, mask_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
+                yield PA._fwd_kernel, dict(maps, out_ptr=io), pa, warps
+                yield (PA._bwd_dq_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps)
+                yield (PA._bwd_dkdv_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps)
 
 
 def main(full=False):
