@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import register_kernel, triton_interpreter
+from ..composite import patch_attention as _composite
 from ..composite._common import acc_dtype, no_autocast
 from ._common import acc_tl, finish, out_buffer, pow2
 
@@ -187,25 +188,36 @@ def _bwd_dkdv_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, ls
 # ------------------------------------------------------------------------------------------- host side
 
 def _config(dk, dv, dtype):
-    """(BLOCK_M, BLOCK_N, num_warps, dot precision). The interpreter gets small fixed blocks (every program
-    and every op costs Python time; 16 keeps several blocks in small tests). On GPU (untuned: no GPU was
-    available when this was written) 64 x 64 tiles with 4 warps as the usual flash-attention starting point,
-    smaller tiles as the register-resident Q / accumulator rows (d = C p^2) grow."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, dot precision). The interpreter gets small fixed blocks (every
+    program and every op costs Python time; 16 keeps several blocks in small tests).
+
+    GPU (untuned: no GPU was available when this was written; sized so the kernels fit in the 227 KiB of shared
+    memory of an sm_90 block, from the `shared` metadata of offline sm_90 compiles, fwd / dq / dkdv KiB):
+    16-bit inputs with d <= 128 run the usual 64 x 64 flash tiles, 4 warps, 2 stages (96 / 160 / 96); fp32 goes
+    through 3-pass tf32 dots whose staging costs more shared memory: 32 x 32 (72 / 96 / 96); wider patch vectors
+    (d = C p^2 up to 512, the model's default 128 channels at p = 2) shrink the tiles (fp32 d = 512, 16 x 16,
+    8 warps, 1 stage: 96 / 160 / 192); fp64 (a test dtype) runs 16 x 16 tiles."""
     if triton_interpreter():
-        return 16, 16, 1, "ieee"
+        return 16, 16, 1, 1, "ieee"
     widest = max(dk, dv)
     if dtype == torch.float64:
-        block, warps = (32, 4) if widest <= 64 else (16, 4)
+        block, warps, stages = 16, 4, 2 if widest <= 128 else 1
+    elif dtype == torch.float32:
+        block, warps, stages = (32, 4, 2) if widest <= 128 else (16, 8, 1)
     elif widest <= 128:
-        block, warps = 64, 4
-    elif widest <= 256:
-        block, warps = 32, 8
+        block, warps, stages = 64, 4, 2
     else:
-        block, warps = 16, 8
+        block, warps, stages = (32, 8, 2) if widest <= 256 else (16, 8, 2)
     # fp32 inputs: 3-pass tf32 (about fp32 accuracy; plain tf32 truncation would eat most of the 5e-4 budget);
     # bf16/fp16 inputs carry 8/11 bits, exact or near-exact in tf32; fp64 has only the ieee path
     prec = {torch.float64: "ieee", torch.float32: "tf32x3"}.get(dtype, "tf32")
-    return block, block, warps, prec
+    return block, block, warps, stages, prec
+
+
+def _too_wide(dk, dv, dtype):
+    """fp64 with d > 256 does not fit in shared memory even at 16 x 16 tiles (dkdv: 256 KiB at d = 512):
+    on GPU that (test-only) case runs the composite kernels."""
+    return dtype == torch.float64 and max(dk, dv) > 256 and not triton_interpreter()
 
 
 def _geometry(theta, p):
@@ -231,6 +243,8 @@ def _zeros(shape, dtype, device):
 @no_autocast
 def forward(theta, phi, g, mask, patch_size, scale):
     p = int(patch_size)
+    if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
+        return _composite.forward(theta, phi, g, mask, patch_size, scale)
     theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
     bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
     h, w, nph, npw, n = _geometry(theta, p)
@@ -241,10 +255,11 @@ def forward(theta, phi, g, mask, patch_size, scale):
         return finish(out, g.dtype), lse
     idx, cnt = _active(mask, p, nph, npw, acc)
     dk, dv = pow2(ck * p * p, 16), pow2(cv * p * p, 16)
-    bm, bn, warps, prec = _config(dk, dv, theta.dtype)
+    bm, bn, warps, stages, prec = _config(dk, dv, theta.dtype)
     _fwd_kernel[(triton.cdiv(n, bm), bsz)](
         theta, phi, g, mask, idx, cnt, out, lse, ck, cv, h, w, npw, n, SCALE=float(scale), P=p,
-        ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+        ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+        num_stages=stages)
     return finish(out, g.dtype), lse
 
 
@@ -252,6 +267,8 @@ def forward(theta, phi, g, mask, patch_size, scale):
 @no_autocast
 def backward(grad_out, theta, phi, g, mask, lse, patch_size, scale):
     p = int(patch_size)
+    if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
+        return _composite.backward(grad_out, theta, phi, g, mask, lse, patch_size, scale)
     theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
     grad_out = grad_out.to(g.dtype).contiguous()
     bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
@@ -266,9 +283,9 @@ def backward(grad_out, theta, phi, g, mask, lse, patch_size, scale):
     idx, cnt = _active(mask, p, nph, npw, acc)
     dsum = torch.empty((bsz, n), dtype=acc, device=theta.device)
     dk, dv = pow2(ck * p * p, 16), pow2(cv * p * p, 16)
-    bm, bn, warps, prec = _config(dk, dv, theta.dtype)
+    bm, bn, warps, stages, prec = _config(dk, dv, theta.dtype)
     common = dict(SCALE=float(scale), P=p, ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm,
-                  BLOCK_N=bn, num_warps=warps)
+                  BLOCK_N=bn, num_warps=warps, num_stages=stages)
     _bwd_dq_kernel[(triton.cdiv(n, bm), bsz)](
         grad_out, theta, phi, g, mask, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
     _bwd_dkdv_kernel[(triton.cdiv(n, bn), bsz)](
