@@ -11,6 +11,7 @@ import sys
 os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -18,24 +19,31 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from mdrnet_fast.triton_kernels import gated_activation as G  # noqa: E402
 from mdrnet_fast.triton_kernels import memory as M  # noqa: E402
+from mdrnet_fast.triton_kernels import patch_attention as PA  # noqa: E402
 from mdrnet_fast.triton_kernels import region_pool as R  # noqa: E402
 from mdrnet_fast.triton_kernels import spade as S  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
+SHARED_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_90
 
 
-def _compile(kernel, ptrs, consts, num_warps=4):
+def _compile(kernel, ptrs, consts, num_warps=4, num_stages=None):
     sig, cx = {}, {}
     for name in kernel.arg_names:
         if name in consts:
             sig[name], cx[name] = "constexpr", consts[name]
         else:
             sig[name] = "*" + ptrs[name] if name in ptrs else "i32"
-    triton.compile(ASTSource(kernel, sig, cx), target=TARGET, options={"num_warps": num_warps})
+    options = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
+    compiled = triton.compile(ASTSource(kernel, sig, cx), target=TARGET, options=options)
+    # the compiler accepts more shared memory than a block may have; the launch would fail on the GPU
+    shared = compiled.metadata.shared
+    if shared > SHARED_LIMIT:
+        raise RuntimeError(f"needs {shared} bytes of shared memory, sm_90 allows {SHARED_LIMIT} per block")
 
 
 def variants(full):
-    """(kernel, pointer dtypes, constexprs, num_warps) to compile."""
+    """(kernel, pointer dtypes, constexprs, num_warps[, num_stages]) to compile."""
     dtypes = (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64))
     if not full:
         dtypes = (("bf16", tl.float32), ("fp64", tl.float64))
@@ -73,15 +81,27 @@ def variants(full):
                dict(TAU=0.5, EPS=1e-8, ACC=acc, M_PAD=128, BLOCK_C=32), 8)
         yield (M._update_kernel, dict(mem_ptr=io, v_ptr=io, slot_ptr="i64"),
                dict(ALPHA=0.9, ACC=acc, BLOCK_M=64, BLOCK_C=64), 8)
+        # patch attention at the GPU configs PA._config picks for d = C p^2, with p = 2 and an odd p = 3
+        tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}[io]
+        for d in (128, 512) if full else (128,):
+            if PA._too_wide(d, d, tdt):
+                continue
+            bm, bn, warps, stages, prec = PA._config(d, d, tdt)
+            for p in (2, 3) if full else (2,):
+                pa = dict(SCALE=0.125, P=p, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=bm, BLOCK_N=bn)
+                maps = dict(q_ptr=io, k_ptr=io, v_ptr=io, mask_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
+                yield PA._fwd_kernel, dict(maps, out_ptr=io), pa, warps, stages
+                yield (PA._bwd_dq_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
+                yield (PA._bwd_dkdv_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
 
 
 def main(full=False):
     failures = []
     count = 0
-    for kernel, ptrs, consts, warps in variants(full):
+    for kernel, ptrs, consts, warps, *stages in variants(full):
         count += 1
         try:
-            _compile(kernel, ptrs, consts, warps)
+            _compile(kernel, ptrs, consts, warps, *stages)
         except Exception as exc:  # report every failing variant, not just the first
             failures.append(f"{kernel.__name__} {ptrs} {consts}: {str(exc)[-2000:]}")
     print(f"compiled {count - len(failures)}/{count} kernel variants for sm_90")

@@ -1,0 +1,293 @@
+"""Masked patch attention (SPEC §5) as flash-attention kernels: the N x N score matrix never exists.
+
+    out = fold(softmax(SCALE * Theta Phi^T) G) * (1 - mask),  p x p non-overlapping patches, zero-padded maps
+
+Patches are gathered straight from the NCHW maps by index math (patch j of the padded grid, feature e = (c, ky,
+kx) as F.unfold orders it; pixels of the zero padding are masked loads), never unfolded into a copy. The
+feature dims d = C * p^2 are padded to a power of two (>= 16, the smallest tl.dot) and masked.
+
+Skipping: a query patch with no hole pixel (1 - mask == 0 on all its pixels inside H x W; the padding does
+not count) has a zero output and contributes to no gradient. The host lists the active query patches of each
+batch first (a stable sort of the activity flags, no host synchronisation) with their count, so programs
+walk only the active queries: query-block programs past the count do no work, and the dK/dV programs loop
+over the active query blocks only. Skipped queries keep lse = +inf (as the CPU kernel), and their output and
+d_theta rows stay zero.
+
+Forward: one program per (block of BLOCK_M active queries, batch); Q stays in registers, the loop over key
+blocks of BLOCK_N patches gathers K (phi) and V (g), scores with tl.dot, online softmax, acc += P V. The
+output is stored folded back into (B, Cv, H, W) with the (1 - mask) factor applied; lse = m + log(l).
+
+Backward (flash-attention-2, recomputing P = exp(SCALE q.k - lse) from the saved lse). With dO' = dO * (1 - mask)
+(the gradient reaching the unmasked output O = P V) and D_i = sum_j P_ij dP_ij = <dO'_i, O_i>, dP = dO' V^T:
+    dV = P^T dO',   dS = P * (dP - D) * SCALE,   dQ = dS K,   dK = dS^T Q.
+The op keeps no copy of O, so D is recomputed too: the dQ kernel (per query block) sweeps the keys twice,
+first for D (stored per active query), then for dQ; the dK/dV kernel (per key block) then loops over the
+active query blocks. Every output pixel has exactly one writer (patches do not overlap): plain stores, no
+atomics, and a fixed summation order.
+
+Memory: O(B * N) for lse, D and the active-query list besides the inputs and gradients.
+Scalars that must be exact in fp64 (SCALE) are constexpr: Triton passes runtime floats as fp32.
+"""
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .._dispatch import register_kernel, triton_interpreter
+from ..composite import patch_attention as _composite
+from ..composite._common import acc_dtype, no_autocast
+from ._common import acc_tl, finish, out_buffer, pow2
+
+
+@triton.jit
+def _patch_offsets(idx, valid, C, H, W, NPW, P: tl.constexpr, D: tl.constexpr):
+    """A [len(idx), D] tile of patches `idx` of a (C, H, W) map: channel offsets [D], pixel offsets
+    [len(idx), D] (y * W + x) and the load mask (valid rows, e < C p^2, inside H x W: zero padding)."""
+    py = idx // NPW
+    px = idx % NPW
+    e = tl.arange(0, D)
+    c = e // (P * P)
+    ky = (e // P) % P
+    kx = e % P
+    y = py[:, None] * P + ky[None, :]
+    x = px[:, None] * P + kx[None, :]
+    m = valid[:, None] & (c < C)[None, :] & (y < H) & (x < W)
+    return c.to(tl.int64) * H * W, y * W + x, m
+
+
+@triton.jit
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_ptr, Ck, Cv, H, W, NPW, N,
+                SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    m0 = tl.program_id(0) * BLOCK_M
+    hw = H * W
+    cnt = tl.load(cnt_ptr + b)
+    rows = m0 + tl.arange(0, BLOCK_M)
+    rvalid = rows < cnt
+    qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
+    qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
+    q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
+    m_i = tl.full([BLOCK_M], -float("inf"), ACC)
+    l_i = tl.zeros([BLOCK_M], ACC)
+    acc = tl.zeros([BLOCK_M, DV], ACC)
+    kv_end = tl.where(m0 < cnt, N, 0)   # a block past the active queries does no work
+    for n0 in range(0, kv_end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cvalid = cols < N
+        kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
+        k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
+        vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
+        v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        s = tl.where(cvalid[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))     # finite: column n0 is a real key
+        alpha = tl.exp(m_i - m_new)                     # 0 on the first key block (m_i = -inf)
+        pr = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(pr, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(pr, v, input_precision=PREC)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    tl.store(lse_ptr + b * N + qidx, m_i + tl.log(l_safe), mask=rvalid)
+    oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
+    keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
+    o = acc / l_safe[:, None] * keep
+    tl.store(out_ptr + b * Cv * hw + oc[None, :] + opix, o.to(out_ptr.dtype.element_ty), mask=om)
+
+
+@triton.jit
+def _bwd_dq_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dq_ptr,
+                   Ck, Cv, H, W, NPW, N,
+                   SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per block of active queries: D_i = sum_j P_ij dP_ij (stored at the query's place in the active list),
+    then dQ_i = sum_j dS_ij K_j, stored into d_theta."""
+    b = tl.program_id(1).to(tl.int64)
+    m0 = tl.program_id(0) * BLOCK_M
+    hw = H * W
+    cnt = tl.load(cnt_ptr + b)
+    rows = m0 + tl.arange(0, BLOCK_M)
+    rvalid = rows < cnt
+    qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
+    qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
+    q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
+    oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
+    keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
+    do = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC) * keep
+    lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
+    kv_end = tl.where(m0 < cnt, N, 0)
+    dsum = tl.zeros([BLOCK_M], ACC)
+    for n0 in range(0, kv_end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cvalid = cols < N
+        kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
+        k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
+        vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
+        v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        pr = tl.where(cvalid[None, :], tl.exp(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        dsum += tl.sum(pr * dp, axis=1)
+    tl.store(dsum_ptr + b * N + rows, dsum, mask=rvalid)
+    dq = tl.zeros([BLOCK_M, DK], ACC)
+    for n0 in range(0, kv_end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cvalid = cols < N
+        kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
+        k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
+        vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
+        v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        pr = tl.where(cvalid[None, :], tl.exp(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = pr * (dp - dsum[:, None]) * SCALE
+        dq += tl.dot(ds, k, input_precision=PREC)
+    tl.store(dq_ptr + b * Ck * hw + qc[None, :] + qpix, dq.to(dq_ptr.dtype.element_ty), mask=qm)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dk_ptr, dv_ptr,
+                     Ck, Cv, H, W, NPW, N,
+                     SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per block of key patches (all of them): dV_j = sum_i P_ij dO'_i, dK_j = sum_i dS_ij Q_i over the active
+    queries; every key pixel is written (zeros where no query is active)."""
+    b = tl.program_id(1).to(tl.int64)
+    n0 = tl.program_id(0) * BLOCK_N
+    hw = H * W
+    cnt = tl.load(cnt_ptr + b)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    cvalid = cols < N
+    kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
+    k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
+    vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
+    v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+    dk = tl.zeros([BLOCK_N, DK], ACC)
+    dv = tl.zeros([BLOCK_N, DV], ACC)
+    for m0 in range(0, cnt, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        rvalid = rows < cnt
+        qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
+        qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
+        q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
+        oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
+        keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
+        do = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC) * keep
+        lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
+        dsum = tl.load(dsum_ptr + b * N + rows, mask=rvalid, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        pr = tl.where(rvalid[:, None], tl.exp(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(pr), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = pr * (dp - dsum[:, None]) * SCALE
+        dk += tl.dot(tl.trans(ds), q, input_precision=PREC)
+    tl.store(dk_ptr + b * Ck * hw + kc[None, :] + kpix, dk.to(dk_ptr.dtype.element_ty), mask=km)
+    tl.store(dv_ptr + b * Cv * hw + vc[None, :] + vpix, dv.to(dv_ptr.dtype.element_ty), mask=vm)
+
+
+# ------------------------------------------------------------------------------------------- host side
+
+def _config(dk, dv, dtype):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, dot precision). The interpreter gets small fixed blocks (every
+    program and every op costs Python time; 16 keeps several blocks in small tests).
+
+    GPU (untuned: no GPU was available when this was written; sized so the kernels fit in the 227 KiB of shared
+    memory of an sm_90 block, from the `shared` metadata of offline sm_90 compiles, fwd / dq / dkdv KiB):
+    16-bit inputs with d <= 128 run the usual 64 x 64 flash tiles, 4 warps, 2 stages (96 / 160 / 96); fp32 goes
+    through 3-pass tf32 dots whose staging costs more shared memory: 32 x 32 (72 / 96 / 96); wider patch vectors
+    (d = C p^2 up to 512, the model's default 128 channels at p = 2) shrink the tiles (fp32 d = 512, 16 x 16,
+    8 warps, 1 stage: 96 / 160 / 192); fp64 (a test dtype) runs 16 x 16 tiles."""
+    if triton_interpreter():
+        return 16, 16, 1, 1, "ieee"
+    widest = max(dk, dv)
+    if dtype == torch.float64:
+        block, warps, stages = 16, 4, 2 if widest <= 128 else 1
+    elif dtype == torch.float32:
+        block, warps, stages = (32, 4, 2) if widest <= 128 else (16, 8, 1)
+    elif widest <= 128:
+        block, warps, stages = 64, 4, 2
+    else:
+        block, warps, stages = (32, 8, 2) if widest <= 256 else (16, 8, 2)
+    # fp32 inputs: 3-pass tf32 (about fp32 accuracy; plain tf32 truncation would eat most of the 5e-4 budget);
+    # bf16/fp16 inputs carry 8/11 bits, exact or near-exact in tf32; fp64 has only the ieee path
+    prec = {torch.float64: "ieee", torch.float32: "tf32x3"}.get(dtype, "tf32")
+    return block, block, warps, stages, prec
+
+
+def _too_wide(dk, dv, dtype):
+    """fp64 with d > 256 does not fit in shared memory even at 16 x 16 tiles (dkdv: 256 KiB at d = 512):
+    on GPU that (test-only) case runs the composite kernels."""
+    return dtype == torch.float64 and max(dk, dv) > 256 and not triton_interpreter()
+
+
+def _geometry(theta, p):
+    h, w = theta.shape[-2:]
+    nph, npw = -(-h // p), -(-w // p)
+    return h, w, nph, npw, nph * npw
+
+
+def _active(mask, p, nph, npw, acc):
+    """(idx (B,N) int32: the active query patches of each batch first, in ascending order; cnt (B,) int32)."""
+    b, _, h, w = mask.shape
+    keep = F.pad(1 - mask.to(acc), (0, npw * p - w, 0, nph * p - h))  # padding is not a hole
+    act = keep.ne(0).reshape(b, nph, p, npw, p).any(4).any(2).reshape(b, nph * npw)
+    idx = torch.argsort((~act).to(torch.uint8), dim=1, stable=True).to(torch.int32).contiguous()
+    return idx, act.sum(1, dtype=torch.int32)
+
+
+def _zeros(shape, dtype, device):
+    return out_buffer(shape, dtype, device).zero_()
+
+
+@register_kernel("patch_attention.forward", "triton")
+@no_autocast
+def forward(theta, phi, g, mask, patch_size, scale):
+    p = int(patch_size)
+    if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
+        return _composite.forward(theta, phi, g, mask, patch_size, scale)
+    theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
+    bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
+    h, w, nph, npw, n = _geometry(theta, p)
+    acc = acc_dtype(theta.dtype)
+    out = _zeros(g.shape, g.dtype, g.device)           # skipped (hole-free) patches stay 0
+    lse = torch.full((bsz, n), float("inf"), dtype=acc, device=theta.device)
+    if out.numel() == 0 or lse.numel() == 0:
+        return finish(out, g.dtype), lse
+    idx, cnt = _active(mask, p, nph, npw, acc)
+    dk, dv = pow2(ck * p * p, 16), pow2(cv * p * p, 16)
+    bm, bn, warps, stages, prec = _config(dk, dv, theta.dtype)
+    _fwd_kernel[(triton.cdiv(n, bm), bsz)](
+        theta, phi, g, mask, idx, cnt, out, lse, ck, cv, h, w, npw, n, SCALE=float(scale), P=p,
+        ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+        num_stages=stages)
+    return finish(out, g.dtype), lse
+
+
+@register_kernel("patch_attention.backward", "triton")
+@no_autocast
+def backward(grad_out, theta, phi, g, mask, lse, patch_size, scale):
+    p = int(patch_size)
+    if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
+        return _composite.backward(grad_out, theta, phi, g, mask, lse, patch_size, scale)
+    theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
+    grad_out = grad_out.to(g.dtype).contiguous()
+    bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
+    h, w, nph, npw, n = _geometry(theta, p)
+    acc = acc_dtype(theta.dtype)
+    d_theta = _zeros(theta.shape, theta.dtype, theta.device)   # rows of skipped queries stay 0
+    d_phi = out_buffer(phi.shape, phi.dtype, phi.device)        # every key pixel is written
+    d_g = out_buffer(g.shape, g.dtype, g.device)
+    if bsz * n == 0:
+        return finish(d_theta, theta.dtype), finish(d_phi.zero_(), phi.dtype), finish(d_g.zero_(), g.dtype)
+    lse = lse.to(acc).contiguous()
+    idx, cnt = _active(mask, p, nph, npw, acc)
+    dsum = torch.empty((bsz, n), dtype=acc, device=theta.device)
+    dk, dv = pow2(ck * p * p, 16), pow2(cv * p * p, 16)
+    bm, bn, warps, stages, prec = _config(dk, dv, theta.dtype)
+    common = dict(SCALE=float(scale), P=p, ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm,
+                  BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    _bwd_dq_kernel[(triton.cdiv(n, bm), bsz)](
+        grad_out, theta, phi, g, mask, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
+    _bwd_dkdv_kernel[(triton.cdiv(n, bn), bsz)](
+        grad_out, theta, phi, g, mask, idx, cnt, lse, dsum, d_phi, d_g, ck, cv, h, w, npw, n, **common)
+    return finish(d_theta, theta.dtype), finish(d_phi, phi.dtype), finish(d_g, g.dtype)
