@@ -91,7 +91,7 @@ def variants(full):
                 pa = dict(SCALE=0.125, P=p, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=bm, BLOCK_N=bn)
                 maps = dict(q_ptr=io, k_ptr=io, v_ptr=io, mask_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
                 yield PA._fwd_kernel, dict(maps, out_ptr=io), pa, warps, stages
-                yield (PA._bwd_dq_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
+                yield (PA._bwd_dq_kernel, dict(maps, go_ptr=io, o_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
                 yield (PA._bwd_dkdv_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
 
 

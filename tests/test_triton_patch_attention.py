@@ -48,7 +48,7 @@ def _reference(theta, phi, g, mask, go, p, scale):
 
 def _fast(theta, phi, g, mask, go, p, scale):
     out, lse = TPA.forward(theta, phi, g, mask, p, scale)
-    return (out, *TPA.backward(go, theta, phi, g, mask, lse, p, scale)), lse
+    return (out, *TPA.backward(go, theta, phi, g, mask, out, lse, p, scale)), lse
 
 
 def _compare(inputs, p, scale, dtype, tol=None):

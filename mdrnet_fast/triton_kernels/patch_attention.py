@@ -20,10 +20,11 @@ output is stored folded back into (B, Cv, H, W) with the (1 - mask) factor appli
 Backward (flash-attention-2, recomputing P = exp(SCALE q.k - lse) from the saved lse). With dO' = dO * (1 - mask)
 (the gradient reaching the unmasked output O = P V) and D_i = sum_j P_ij dP_ij = <dO'_i, O_i>, dP = dO' V^T:
     dV = P^T dO',   dS = P * (dP - D) * SCALE,   dQ = dS K,   dK = dS^T Q.
-The op keeps no copy of O, so D is recomputed too: the dQ kernel (per query block) sweeps the keys twice,
-first for D (stored per active query), then for dQ; the dK/dV kernel (per key block) then loops over the
-active query blocks. Every output pixel has exactly one writer (patches do not overlap): plain stores, no
-atomics, and a fixed summation order.
+D comes from the forward's saved output: out = O * (1 - mask), so D_i = sum of dO * out over the query
+patch's pixels. The dQ kernel (per query block) computes it with its loads, stores it per active query, and
+sweeps the keys once for dQ; the dK/dV kernel (per key block) then loops over the active query blocks. Every
+output pixel has exactly one writer (patches do not overlap): plain stores, no atomics, and a fixed
+summation order.
 
 Memory: O(B * N) for lse, D and the active-query list besides the inputs and gradients.
 Scalars that must be exact in fp64 (SCALE) are constexpr: Triton passes runtime floats as fp32.
@@ -96,11 +97,11 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_pt
 
 
 @triton.jit
-def _bwd_dq_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dq_ptr,
+def _bwd_dq_kernel(go_ptr, o_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dq_ptr,
                    Ck, Cv, H, W, NPW, N,
                    SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Per block of active queries: D_i = sum_j P_ij dP_ij (stored at the query's place in the active list),
+    """Per block of active queries: D_i = <dO_i, out_i> (stored at the query's place in the active list),
     then dQ_i = sum_j dS_ij K_j, stored into d_theta."""
     b = tl.program_id(1).to(tl.int64)
     m0 = tl.program_id(0) * BLOCK_M
@@ -113,21 +114,12 @@ def _bwd_dq_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_
     q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
     oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
     keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
-    do = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC) * keep
+    go = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC)
+    o = tl.load(o_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC)
+    dsum = tl.sum(go * o, axis=1)       # <dO', O> = <dO (1 - mask), O> = <dO, out>
+    do = go * keep
     lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
     kv_end = tl.where(m0 < cnt, N, 0)
-    dsum = tl.zeros([BLOCK_M], ACC)
-    for n0 in range(0, kv_end, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        cvalid = cols < N
-        kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
-        k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
-        vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
-        v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
-        pr = tl.where(cvalid[None, :], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        dsum += tl.sum(pr * dp, axis=1)
     tl.store(dsum_ptr + b * N + rows, dsum, mask=rvalid)
     dq = tl.zeros([BLOCK_M, DK], ACC)
     for n0 in range(0, kv_end, BLOCK_N):
@@ -265,12 +257,12 @@ def forward(theta, phi, g, mask, patch_size, scale):
 
 @register_kernel("patch_attention.backward", "triton")
 @no_autocast
-def backward(grad_out, theta, phi, g, mask, lse, patch_size, scale):
+def backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale):
     p = int(patch_size)
     if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
-        return _composite.backward(grad_out, theta, phi, g, mask, lse, patch_size, scale)
+        return _composite.backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale)
     theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
-    grad_out = grad_out.to(g.dtype).contiguous()
+    grad_out, out = grad_out.to(g.dtype).contiguous(), out.to(g.dtype).contiguous()
     bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
     h, w, nph, npw, n = _geometry(theta, p)
     acc = acc_dtype(theta.dtype)
@@ -287,7 +279,7 @@ def backward(grad_out, theta, phi, g, mask, lse, patch_size, scale):
     common = dict(SCALE=float(scale), P=p, ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm,
                   BLOCK_N=bn, num_warps=warps, num_stages=stages)
     _bwd_dq_kernel[(triton.cdiv(n, bm), bsz)](
-        grad_out, theta, phi, g, mask, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
+        grad_out, out, theta, phi, g, mask, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
     _bwd_dkdv_kernel[(triton.cdiv(n, bn), bsz)](
         grad_out, theta, phi, g, mask, idx, cnt, lse, dsum, d_phi, d_g, ck, cv, h, w, npw, n, **common)
     return finish(d_theta, theta.dtype), finish(d_phi, phi.dtype), finish(d_g, g.dtype)
