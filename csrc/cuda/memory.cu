@@ -319,14 +319,16 @@ void check_tau(double tau) {
   TORCH_CHECK(tau > 0 && std::isfinite(tau), "tau must be a finite number > 0, got ", tau);
 }
 
-// Dynamic shared memory of `bytes` for `kernel`: past the default 48 KiB it needs the device's opt-in.
+// Dynamic shared memory of `bytes` for `kernel`, whose static shared memory (red[32]) is at most
+// kStaticSmem: past the default 48 KiB in all, it needs the device's opt-in.
+constexpr size_t kStaticSmem = 32 * sizeof(double);
 template <typename Kernel>
 void ensure_smem(Kernel kernel, size_t bytes, int64_t m, const char* what) {
-  if (bytes <= 48 * 1024) return;
+  if (bytes + kStaticSmem <= 48 * 1024) return;
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin, what, " (cuda): m = ", m, " slots need ", bytes,
-              " bytes of shared memory per block, more than this device's ", prop->sharedMemPerBlockOptin,
-              "; use the triton or cpu backend");
+  TORCH_CHECK(bytes + kStaticSmem <= prop->sharedMemPerBlockOptin, what, " (cuda): m = ", m, " slots need ", bytes,
+              " bytes of shared memory per block, more than this device allows (", prop->sharedMemPerBlockOptin,
+              "); use the triton or cpu backend");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
