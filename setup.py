@@ -2,6 +2,14 @@
 
 MDRNET_FAST_BUILD_CUDA=1 forces the CUDA extension (fails loudly if it cannot be built),
 MDRNET_FAST_BUILD_CUDA=0 skips it; unset, it is built when torch has CUDA and nvcc is found.
+MDRNET_FAST_BUILD_CPU=0 skips the CPU extension mdrnet_fast._C (default 1): CI's CUDA step (.ci/build_cuda)
+builds only _C_cuda with it, since the CPU step has already built and tested _C.
+
+Building _C_cuda (see csrc/cuda/README.md and .ci/build_cuda): a torch with CUDA, CUDA_HOME pointing at the
+toolkit (torch otherwise guesses it from the nvcc found on PATH, and a wrapper there makes the link fail on
+-lcudart), CPATH with the headers of torch's nvidia wheels (cusparse.h, cublas), TORCH_CUDA_ARCH_LIST for the
+GPU architectures (e.g. "8.0;9.0") and MAX_JOBS for ninja's parallel compiles. Build into a scratch place
+(`python setup.py build_ext --build-lib DIR --build-temp DIR`) to keep an in-place CPU build untouched.
 """
 import glob
 import os
@@ -53,15 +61,17 @@ cxx_flags = ["-O3", "-fopenmp", "-g0", "-fno-trapping-math", "-ffp-contract=off"
 if os.environ.get("MDRNET_FAST_NATIVE", "0") == "1":
     cxx_flags.append("-march=native")
 
-ext_modules = [
-    cpp_extension.CppExtension(
-        "mdrnet_fast._C",
-        _sources("register.cpp", "cpu/*.cpp"),
-        include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+ext_modules = []
+if os.environ.get("MDRNET_FAST_BUILD_CPU", "1") != "0":
+    ext_modules.append(
+        cpp_extension.CppExtension(
+            "mdrnet_fast._C",
+            _sources("register.cpp", "cpu/*.cpp"),
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
     )
-]
 
 if _want_cuda():
     cuda_sources = _sources("cuda/*.cu", "cuda/*.cpp")
@@ -71,7 +81,8 @@ if _want_cuda():
                 "mdrnet_fast._C_cuda",
                 cuda_sources,
                 include_dirs=[os.path.join(HERE, "csrc")],
-                extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3"]},
+                # -lineinfo: source lines in compute-sanitizer / ncu reports, at no run-time cost
+                extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]},
             )
         )
 
