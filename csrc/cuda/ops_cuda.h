@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>  // wip-cuda2: gated_activation
 #include <vector>
 
 namespace mdrnet_fast {
@@ -32,6 +33,30 @@ at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q, const at::Tensor
                           double alpha);
 
 // (each op appends its block here)
+
+// ---- partial conv epilogue / gated activation / SPADE modulate (wip-cuda2) ----
+// Same contracts as the CPU kernels of the same names (csrc/mdrnet_fast.h), on CUDA tensors.
+// partial_conv_epilogue.cu
+std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw, const at::Tensor& mask,
+                                                      const c10::optional<at::Tensor>& bias, int64_t kh,
+                                                      int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                                      int64_t dh, int64_t dw, double winsize, bool multi_channel);
+std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_out, const at::Tensor& grad_scale,
+                                                       const at::Tensor& new_mask, bool need_bias_grad);
+at::Tensor partial_conv_mask_sum(const at::Tensor& mask, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                 int64_t pw, int64_t dh, int64_t dw, int64_t out_h, int64_t out_w);
+// gated_activation.cu
+at::Tensor gated_activation_forward(const at::Tensor& y, const std::string& activation, double negative_slope);
+at::Tensor gated_activation_backward(const at::Tensor& grad_out, const at::Tensor& y, const std::string& activation,
+                                     double negative_slope);
+// spade_modulate.cu
+std::vector<at::Tensor> spade_modulate_forward(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                               double eps);
+std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                const at::Tensor& gamma, const at::Tensor& mean,
+                                                const at::Tensor& rstd, bool need_x, bool need_gamma,
+                                                bool need_beta);
+// ---- end wip-cuda2 ----
 
 }  // namespace cuda
 }  // namespace mdrnet_fast

@@ -28,4 +28,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Batch-mean EMA memory update in place: (mem, q, v, present, alpha) -> slots (B,n) int64, -1 absent",
         py::arg("mem"), py::arg("q"), py::arg("v"), py::arg("present"), py::arg("alpha"));
   // (each op appends its m.def block here)
+
+  // ---- partial conv epilogue / gated activation / SPADE modulate (wip-cuda2) ----
+  m.def("partial_conv_epilogue_forward", &C::partial_conv_epilogue_forward, py::arg("raw"), py::arg("mask"),
+        py::arg("bias"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("dh"), py::arg("dw"), py::arg("winsize"), py::arg("multi_channel"),
+        "partial conv epilogue: (raw, mask, bias, geometry, winsize, multi_channel) -> [out, new_mask, grad_scale]");
+  m.def("partial_conv_epilogue_backward", &C::partial_conv_epilogue_backward, py::arg("grad_out"),
+        py::arg("grad_scale"), py::arg("new_mask"), py::arg("need_bias_grad"),
+        "partial conv epilogue backward -> [grad_raw, grad_bias or None]");
+  m.def("partial_conv_mask_sum", &C::partial_conv_mask_sum, py::arg("mask"), py::arg("kh"), py::arg("kw"),
+        py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("out_h"),
+        py::arg("out_w"), "window sums of the channel-summed mask, (B, 1, out_h, out_w) fp32 (fp64)");
+  m.def("gated_activation_forward", &C::gated_activation_forward, py::arg("y"), py::arg("activation"),
+        py::arg("negative_slope"), "act(y[:, :C]) * sigmoid(y[:, C:])");
+  m.def("gated_activation_backward", &C::gated_activation_backward, py::arg("grad_out"), py::arg("y"),
+        py::arg("activation"), py::arg("negative_slope"), "grad_y (B, 2C, H, W) of the gated activation");
+  m.def("spade_modulate_forward", &C::spade_modulate_forward, py::arg("x"), py::arg("gamma"), py::arg("beta"),
+        py::arg("eps"), "SPADE modulation -> [out, mean (B, C), rstd (B, C)]");
+  m.def("spade_modulate_backward", &C::spade_modulate_backward, py::arg("grad_out"), py::arg("x"), py::arg("gamma"),
+        py::arg("mean"), py::arg("rstd"), py::arg("need_x"), py::arg("need_gamma"), py::arg("need_beta"),
+        "SPADE modulation backward -> [grad_x, grad_gamma, grad_beta], None where not needed");
+  // ---- end wip-cuda2 ----
 }
