@@ -22,8 +22,6 @@ pytestmark = [
 
 if CUDA_OK:
     from mdrnet_fast import _C_cuda as CC
-    # registers the cuda kernels even where cuda_kernels/__init__ does not import them (yet)
-    from mdrnet_fast.cuda_kernels import gated_activation as _ga, partial_conv as _pc, spade as _sp  # noqa: F401
 
 DEV = "cuda"
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

@@ -6,7 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <string>  // wip-cuda2: gated_activation
+#include <string>
 #include <vector>
 
 namespace mdrnet_fast {
@@ -32,9 +32,7 @@ at::Tensor memory_read_backward(const at::Tensor& grad, const at::Tensor& q, con
 at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q, const at::Tensor& v, const at::Tensor& present,
                           double alpha);
 
-// (each op appends its block here)
-
-// ---- partial conv epilogue / gated activation / SPADE modulate (wip-cuda2) ----
+// ---- partial conv epilogue / gated activation / SPADE modulate ----
 // Same contracts as the CPU kernels of the same names (csrc/mdrnet_fast.h), on CUDA tensors.
 // partial_conv_epilogue.cu
 std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw, const at::Tensor& mask,
@@ -56,7 +54,6 @@ std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out, cons
                                                 const at::Tensor& gamma, const at::Tensor& mean,
                                                 const at::Tensor& rstd, bool need_x, bool need_gamma,
                                                 bool need_beta);
-// ---- end wip-cuda2 ----
 
 }  // namespace cuda
 }  // namespace mdrnet_fast

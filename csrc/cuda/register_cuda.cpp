@@ -27,9 +27,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("memory_update_", &C::memory_update_,
         "Batch-mean EMA memory update in place: (mem, q, v, present, alpha) -> slots (B,n) int64, -1 absent",
         py::arg("mem"), py::arg("q"), py::arg("v"), py::arg("present"), py::arg("alpha"));
-  // (each op appends its m.def block here)
-
-  // ---- partial conv epilogue / gated activation / SPADE modulate (wip-cuda2) ----
+  // ---- partial conv epilogue / gated activation / SPADE modulate ----
   m.def("partial_conv_epilogue_forward", &C::partial_conv_epilogue_forward, py::arg("raw"), py::arg("mask"),
         py::arg("bias"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
         py::arg("dh"), py::arg("dw"), py::arg("winsize"), py::arg("multi_channel"),
@@ -49,5 +47,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spade_modulate_backward", &C::spade_modulate_backward, py::arg("grad_out"), py::arg("x"), py::arg("gamma"),
         py::arg("mean"), py::arg("rstd"), py::arg("need_x"), py::arg("need_gamma"), py::arg("need_beta"),
         "SPADE modulation backward -> [grad_x, grad_gamma, grad_beta], None where not needed");
-  // ---- end wip-cuda2 ----
-}
+  }

@@ -2,4 +2,4 @@
 import, one file per op. Ops without a kernel here run the composite version, logged once; `auto` takes a
 cuda kernel over the triton one only where measured faster (see _dispatch._AUTO_ORDER)."""
 
-from . import memory, region_pool  # noqa: F401,E402  (each module registers its kernels)
+from . import gated_activation, memory, partial_conv, region_pool, spade  # noqa: F401,E402  (each registers its kernels)
