@@ -78,10 +78,13 @@ def variants(full):
         lowp = io in ("bf16", "fp16")
         gemm = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16) if acc == tl.float64 else dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)
         yield (P._msum_kernel, dict(m_ptr=io, msum_ptr=a), dict(ACC=acc, BLOCK_P=128, BLOCK_T=16), 4)
-        for bias, mc in itertools.product(flags, flags) if full else ((True, False), (False, True)):
-            yield (P._fwd_kernel, dict(x_ptr=io, m_ptr=io, w_ptr=io, bias_ptr=io, msum_ptr=a, out_ptr=io, nm_ptr=io,
-                                       gs_ptr=a),
-                   dict(HAS_BIAS=bias, MC=mc, LOWP=lowp, ACC=acc, **gemm), 4)
+        fwd = itertools.product(flags, flags, (False, True)) if full else ((True, False, True), (False, True, False))
+        for bias, mc, gated in fwd:
+            for act in (range(4) if full and gated else (1 if gated else 0,)):
+                yield (P._fwd_kernel, dict(x_ptr=io, m_ptr=io, w_ptr=io, bias_ptr=io, msum_ptr=a, out_ptr=io, nm_ptr=io,
+                                           gs_ptr=a, y_ptr=io),
+                       dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, GATED=gated, ACT=act, SLOPE=0.2,
+                            **gemm), 4)
         for mc in flags:
             yield (P._dx_kernel, dict(go_ptr=io, gs_ptr=a, w_ptr=io, m_ptr=io, gx_ptr=io),
                    dict(MC=mc, LOWP=lowp, ACC=acc, **gemm), 4)

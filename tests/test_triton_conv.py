@@ -156,6 +156,43 @@ class TestInterpreter:
             assert torch.autograd.gradcheck(lambda x, w, b: ops.partial_conv2d(x, mask, w, b, 2, 1, 1, 2)[0],
                                              (x, w, b), eps=1e-6, atol=1e-7, fast_mode=True)
 
+    @pytest.mark.parametrize("act", ["elu", "leaky_relu", "relu", "none"])
+    def test_gated_fused_epilogue(self, act):
+        """gated_partial_conv2d: the gating fused into the partial conv's epilogue (y kept for the backward),
+        against the reference gated conv with a mask; gradients through the public op."""
+        import mdrnet_fast
+        from mdrnet_fast import ops
+
+        x, mask, weight, bias, stride, padding, dilation, _, _ = _inputs(GEOMETRIES["4x3-s2x1-pad1x2-ragged"])
+        weight = torch.cat([weight, -weight.flip(0)])      # 2*C_out = 12 rows: feature, gate
+        bias = torch.cat([bias, bias.flip(0) * 0.5])
+        for dtype, layout in ((torch.float64, "contiguous"), (torch.float32, "channels_last")):
+            ins = [layouts(x.to(dtype), layout), mask.to(dtype), weight.to(dtype), bias.to(dtype)]
+            out, nm, y, gs = TC.gated_forward(*ins, stride, padding, dilation, 1, act, 0.1)
+            want, want_nm = R.gated_conv2d(x, weight, bias, stride, padding, dilation, 1, act, 0.1, mask)
+            want_y, _ = R.partial_conv2d(x, mask, weight, bias, stride, padding, dilation)
+            assert_close(out, want, dtype, "out")
+            assert_close(nm, want_nm, dtype, "new_mask")
+            assert_close(y, want_y, dtype, "y")
+            cl = layout == "channels_last"
+            assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+        with mdrnet_fast.use_backend("triton"):
+            out, _ = ops.gated_conv2d(leaves[0], leaves[1], leaves[2], stride, padding, dilation, 1, act, 0.1, mask)
+        go = torch.randn(out.shape, dtype=torch.float64)
+        got = torch.autograd.grad(out, leaves, go)
+        want = torch.autograd.grad(R.gated_conv2d(*leaves, stride, padding, dilation, 1, act, 0.1, mask)[0], leaves, go)
+        for name, a, b in zip(("x", "weight", "bias"), got, want):
+            assert_close(a, b, torch.float64, f"grad {name}")
+
+    def test_gated_groups_runs_unfused(self):
+        x, mask, weight, bias, stride, padding, dilation, groups, _ = _inputs(GEOMETRIES["groups2-multichannel-soft"])
+        mask = mask[:, :1]
+        out, nm, y, gs = TC.gated_forward(x, mask, weight, bias, stride, padding, dilation, groups, "elu", 0.2)
+        want, want_nm = R.gated_conv2d(x, weight, bias, stride, padding, dilation, groups, "elu", 0.2, mask)
+        assert_close(out, want, torch.float64, "out")
+        assert_close(nm, want_nm, torch.float64, "new_mask")
+
 
 # ------------------------------------------------------------------ GPU: compiled, training size
 
@@ -198,3 +235,27 @@ class TestGPU:
             assert torch.isfinite(a).all(), what
             err = ((a - r).abs().max() / r.abs().max().clamp_min(1e-6)).item()
             assert err <= GPU_TOL[dtype], f"{what}: relative error {err:.3g} > {GPU_TOL[dtype]} ({dtype})"
+
+    def test_gated_training_size(self, dtype):
+        import mdrnet_fast
+        from mdrnet_fast import ops
+
+        b, c, h, w = 4, 64, 64, 64
+        x = torch.randn(b, c, h, w, device="cuda").to(dtype)
+        mask = (torch.rand(b, 1, h, w, device="cuda") < 0.7).to(dtype)
+        weight = (torch.randn(2 * c, c, 3, 3, device="cuda") / (3 * c ** 0.5)).to(dtype)
+        bias = torch.randn(2 * c, device="cuda").to(dtype)
+
+        def run(fn, ins):
+            ins = [t.detach().requires_grad_(True) for t in ins]
+            out, nm = fn(ins[0], ins[1], ins[2], 1, 1, 1, 1, "elu", 0.2, mask.to(ins[0].dtype))
+            go = torch.randn(out.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3)).to(out.dtype)
+            return [out.detach(), nm] + list(torch.autograd.grad(out, ins, go))
+
+        with mdrnet_fast.use_backend("triton"):
+            fast = run(ops.gated_conv2d, [x, weight, bias])
+        ref = run(R.gated_conv2d, [t.double() for t in (x, weight, bias)])
+        for what, a, r in zip(("out", "new_mask", "grad x", "grad weight", "grad bias"), fast, ref):
+            a, r = a.double(), r.double()
+            err = ((a - r).abs().max() / r.abs().max().clamp_min(1e-6)).item()
+            assert torch.isfinite(a).all() and err <= GPU_TOL[dtype], f"{what}: relative error {err:.3g} ({dtype})"

@@ -74,11 +74,16 @@ def _msum_kernel(m_ptr, msum_ptr, P, HoWo, Wo, H, W, T, KHW, KW, SH, SW, PH, PW,
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr,
+def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr, y_ptr,
                 M, HoWo, Wo, H, W, CG_IN, CG_OUT, C_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, WINSIZE,
                 sxb, sxc, sxh, sxw, smb, smc, smh, smw, swo, swi, swh, sww, sob, soc, soh, sow,
+                syb, syc, syh, syw,
                 HAS_BIAS: tl.constexpr, MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr,
+                GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Partial conv forward. GATED (groups == 1, 1-channel mask): the weight has 2*C_OUT rows; each program
+    accumulates feature channels co and gate channels co + C_OUT from the same A tile, stores both partial-
+    conv outputs to y (B, 2*C_OUT, Ho, Wo; kept for the backward) and act(feature) * sigmoid(gate) to out."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     n_tiles = tl.cdiv(CG_OUT, BLOCK_N)
@@ -96,6 +101,8 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
     n_ok = offs_n < CG_OUT
     co = g * CG_OUT + offs_n
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    if GATED:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
     for k0 in range(0, KG, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < KG
@@ -117,10 +124,16 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
                      mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if LOWP:
             a = (xv.to(tl.float32) * mv.to(tl.float32)).to(x_ptr.dtype.element_ty)
-            acc = tl.dot(a, wv, acc)
         else:
             a = xv.to(ACC) * mv.to(ACC)
-            acc = tl.dot(a, wv.to(ACC), acc)  # fp32: tf32 on GPU (default input precision), exact here
+            wv = wv.to(ACC)
+        acc = tl.dot(a, wv, acc)  # fp32: tf32 on GPU (default input precision), exact here
+        if GATED:
+            wg = tl.load(w_ptr + (co + C_OUT)[None, :] * swo + (ci * swi + r * swh + s * sww)[:, None],
+                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            if not LOWP:
+                wg = wg.to(ACC)
+            acc_g = tl.dot(a, wg, acc_g)
     # epilogue: window sum -> ratio, new mask, bias
     msum = tl.load(msum_ptr + offs_m, mask=m_ok, other=0.0)
     nm = tl.minimum(tl.maximum(msum, 0.0), 1.0)
@@ -134,6 +147,26 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
         out = acc * ratio[:, None]
         gs = ratio
     ok2 = m_ok[:, None] & n_ok[None, :]
+    if GATED:
+        if HAS_BIAS:
+            bias_g = tl.load(bias_ptr + C_OUT + co, mask=n_ok, other=0.0).to(ACC)
+            gate = (acc_g * ratio[:, None] + bias_g[None, :]) * nm[:, None]
+        else:
+            gate = acc_g * ratio[:, None]
+        yoff = (b * syb + oh * syh + ow * syw)[:, None] + co[None, :] * syc
+        tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ok2)
+        tl.store(y_ptr + yoff + C_OUT * syc, gate.to(y_ptr.dtype.element_ty), mask=ok2)
+        # the gated activation reads y as stored (rounded to the output dtype), like the unfused op
+        f = out.to(y_ptr.dtype.element_ty).to(ACC)
+        gt = gate.to(y_ptr.dtype.element_ty).to(ACC)
+        sig = 1.0 / (1.0 + tl.exp(-gt))
+        if ACT == 1:  # elu; the min keeps the unused branch finite
+            f = tl.where(f > 0, f, tl.exp(tl.minimum(f, 0.0)) - 1.0)
+        elif ACT == 2:  # leaky_relu
+            f = tl.where(f > 0, f, f * SLOPE)
+        elif ACT == 3:  # relu
+            f = tl.maximum(f, 0.0)
+        out = f * sig
     tl.store(out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + co[None, :] * soc,
              out.to(out_ptr.dtype.element_ty), mask=ok2)
     if MC:
@@ -340,17 +373,42 @@ def _conv_ints(kh, kw, stride, padding, dilation):
 @no_autocast
 def forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel):
     """Returns (out, new_mask, grad_scale) like the composite kernel."""
+    return _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel)
+
+
+@register_kernel("gated_partial_conv2d.forward", "triton")
+@no_autocast
+def gated_forward(x, mask, weight, bias, stride, padding, dilation, groups, activation, negative_slope):
+    """Partial conv with 2*C_out outputs and the gating fused into its epilogue (groups == 1; with groups
+    the feature and gate channels of an output live in different groups: then the two kernels run one after
+    the other). Returns (out, new_mask, y, grad_scale); y is the partial conv output, for the backward."""
+    if groups != 1:
+        from . import gated_activation
+        y, new_mask, grad_scale = _forward(x, mask, weight, bias, stride, padding, dilation, groups, False)
+        return gated_activation.forward(y, activation, negative_slope), new_mask, y, grad_scale
+    return _forward(x, mask, weight, bias, stride, padding, dilation, groups, False, activation, negative_slope)
+
+
+_ACT = {"none": 0, "elu": 1, "leaky_relu": 2, "relu": 3}
+
+
+def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel, activation=None,
+             negative_slope=0.0):
     b, c_in, h, w, kh, kw, ho, wo = _geometry(x, weight, stride, padding, dilation)
-    c_out = weight.shape[0]
+    gated = activation is not None
+    c_out = weight.shape[0] // 2 if gated else weight.shape[0]   # gated: out channels, half the weight's
     acc = acc_dtype(x.dtype)
     fmt = out_format(x)
     cg_in, cg_out = c_in // groups, c_out // groups
     out = out_buffer((b, c_out, ho, wo), x.dtype, x.device, fmt)
+    y = out_buffer((b, 2 * c_out, ho, wo), x.dtype, x.device, fmt) if gated else None
     new_mask = out_buffer((b, c_out if multi_channel else 1, ho, wo), x.dtype, x.device)
     grad_scale = torch.empty((b, 1, ho, wo), dtype=acc, device=x.device)
     m_size = b * ho * wo
     if m_size == 0 or c_out == 0:
-        return finish(out, x.dtype).zero_(), finish(new_mask, x.dtype).zero_(), grad_scale.zero_()
+        res = (finish(out, x.dtype).zero_(), finish(new_mask, x.dtype).zero_(), grad_scale.zero_())
+        return res[:2] + (finish(y, x.dtype).zero_(),) + res[2:] if gated else res
+    activation = activation or "none"
     ints = _conv_ints(kh, kw, stride, padding, dilation)
     # 1. mask window sums
     msum = torch.empty(m_size, dtype=acc, device=x.device)
@@ -363,11 +421,15 @@ def forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_chan
     # 2. the implicit GEMM with the epilogue
     winsize = kh * kw * (c_in if multi_channel else 1)
     args = (x, mask, weight, bias if bias is not None else x, msum, out, new_mask, grad_scale,
-            m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, cg_in * kh * kw, *ints, winsize,
-            *x.stride(), *mask.stride(), *weight.stride(), *out.stride())
-    consts = dict(HAS_BIAS=bias is not None, MC=bool(multi_channel), LOWP=_lowp(x.dtype), ACC=acc_tl(x.dtype))
+            y if gated else out, m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, cg_in * kh * kw, *ints, winsize,
+            *x.stride(), *mask.stride(), *weight.stride(), *out.stride(), *(y if gated else out).stride())
+    consts = dict(HAS_BIAS=bias is not None, MC=bool(multi_channel), LOWP=_lowp(x.dtype), ACC=acc_tl(x.dtype),
+                  GATED=gated, ACT=_ACT[activation], SLOPE=float(negative_slope))
     _launch_gemm(_fwd_kernel, m_size, cg_out, cg_in * kh * kw, groups, x.dtype, args, consts)
-    return finish(out, x.dtype), finish(new_mask, x.dtype), grad_scale
+    out, new_mask = finish(out, x.dtype), finish(new_mask, x.dtype)
+    if gated:
+        return out, new_mask, finish(y, x.dtype), grad_scale
+    return out, new_mask, grad_scale
 
 
 def _dw_blocks(m_size, cg_out, kg, dtype):
