@@ -83,7 +83,7 @@ def variants(full):
             for act in (range(4) if full and gated else (1 if gated else 0,)):
                 yield (P._fwd_kernel, dict(x_ptr=io, m_ptr=io, w_ptr=io, bias_ptr=io, msum_ptr=a, out_ptr=io, nm_ptr=io,
                                            gs_ptr=a, y_ptr=io),
-                       dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, GATED=gated, ACT=act, SLOPE=0.2,
+                       dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, GATED=gated, ACT=act, SLOPE=0.2, EPS=1e-8,
                             **gemm), 4)
         for mc in flags:
             yield (P._dx_kernel, dict(go_ptr=io, gs_ptr=a, w_ptr=io, m_ptr=io, gx_ptr=io),

@@ -34,6 +34,11 @@ bf16/fp16 tiles are fed to tl.dot in their own dtype (tensor cores, fp32 accumul
 to bf16 as the reference's x*mask is); under the interpreter, which cannot do bf16 arithmetic, everything is
 converted to fp32 first. fp64 uses tl.dot in fp64.
 
+Gated partial conv (`gated_forward`, SPEC §2 with a mask, groups == 1): the same forward kernel with GATED
+set accumulates the feature channel co and the gate channel co + C_out from one A tile, stores both partial-
+conv outputs y (kept for the backward) and act(feature) * sigmoid(gate). Its backward is the gated-activation
+backward kernel followed by the partial-conv backward kernels above (not fused).
+
 Block sizes: fixed under the interpreter (as large as the problem, so that a test shape is one program and
 one K trip: the interpreter pays per program and per loop trip); on GPU `triton.autotune` over a few configs
 keyed on (C_in/groups, C_out/groups, K). Whether cuDNN plus the fused epilogue kernels beats this implicit
@@ -79,7 +84,7 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
                 sxb, sxc, sxh, sxw, smb, smc, smh, smw, swo, swi, swh, sww, sob, soc, soh, sow,
                 syb, syc, syh, syw,
                 HAS_BIAS: tl.constexpr, MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr,
-                GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
+                GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr, EPS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Partial conv forward. GATED (groups == 1, 1-channel mask): the weight has 2*C_OUT rows; each program
     accumulates feature channels co and gate channels co + C_OUT from the same A tile, stores both partial-
@@ -137,7 +142,7 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
     # epilogue: window sum -> ratio, new mask, bias
     msum = tl.load(msum_ptr + offs_m, mask=m_ok, other=0.0)
     nm = tl.minimum(tl.maximum(msum, 0.0), 1.0)
-    eps = tl.full([BLOCK_M], 1e-8, ACC)   # exact 1e-8 in fp64 (a float literal would be fp32)
+    eps = tl.full([BLOCK_M], EPS, ACC)   # exact 1e-8 in fp64 (a float argument would be fp32)
     ratio = tl.full([BLOCK_M], WINSIZE, ACC) / (msum + eps) * nm
     if HAS_BIAS:
         bias = tl.load(bias_ptr + co, mask=n_ok, other=0.0).to(ACC)
@@ -336,8 +341,9 @@ def _tuned(kernel):
 def _launch_gemm(kernel, m_size, n_size, k_size, groups, dtype, args, consts):
     """Launches a (M tiles, groups * N tiles) implicit GEMM with interpreter, fp64 or autotuned blocks."""
     if triton_interpreter():
-        # one program and one K trip for test-sized problems; numpy does the rest
-        blocks = dict(BLOCK_M=pow2(m_size, 16, 128), BLOCK_N=pow2(n_size, 16, 64), BLOCK_K=pow2(k_size, 16, 64))
+        # one program and one K trip for test-sized problems, big tiles otherwise: the interpreter's cost is
+        # per program and per loop trip, numpy's per element is small
+        blocks = dict(BLOCK_M=pow2(m_size, 16, 512), BLOCK_N=pow2(n_size, 16, 64), BLOCK_K=pow2(k_size, 16, 512))
     elif dtype == torch.float64:
         blocks = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16)   # gradcheck only: small, no autotuning
     else:
@@ -413,7 +419,7 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
     # 1. mask window sums
     msum = torch.empty(m_size, dtype=acc, device=x.device)
     taps = mask.shape[1] * kh * kw
-    block_p = pow2(m_size, 16, 128) if triton_interpreter() else 128
+    block_p = pow2(m_size, 16, 512) if triton_interpreter() else 128
     block_t = pow2(taps, 1, 64) if triton_interpreter() else min(pow2(taps), 16)
     _msum_kernel[(triton.cdiv(m_size, block_p),)](
         mask, msum, m_size, ho * wo, wo, h, w, taps, *ints, *mask.stride(),
@@ -424,7 +430,7 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
             y if gated else out, m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, cg_in * kh * kw, *ints, winsize,
             *x.stride(), *mask.stride(), *weight.stride(), *out.stride(), *(y if gated else out).stride())
     consts = dict(HAS_BIAS=bias is not None, MC=bool(multi_channel), LOWP=_lowp(x.dtype), ACC=acc_tl(x.dtype),
-                  GATED=gated, ACT=_ACT[activation], SLOPE=float(negative_slope))
+                  GATED=gated, ACT=_ACT[activation], SLOPE=float(negative_slope), EPS=MASK_EPS)
     _launch_gemm(_fwd_kernel, m_size, cg_out, cg_in * kh * kw, groups, x.dtype, args, consts)
     out, new_mask = finish(out, x.dtype), finish(new_mask, x.dtype)
     if gated:
@@ -434,7 +440,7 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
 
 def _dw_blocks(m_size, cg_out, kg, dtype):
     if triton_interpreter():
-        return pow2(m_size, 16, 128), pow2(cg_out, 16, 64), pow2(kg, 16, 64)
+        return pow2(m_size, 16, 1024), pow2(cg_out, 16, 64), pow2(kg, 16, 512)
     if dtype == torch.float64:
         return 32, 32, 16
     return 64, 64, 64
@@ -487,5 +493,3 @@ def backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, d
             gb = (gb_part[0] if split == 1 else gb_part.sum(0)).to(grad_out.dtype)
     return gx, gw, gb
 
-
-__all__ = ["forward", "backward", "MASK_EPS"]
