@@ -27,6 +27,7 @@ GEOMETRIES = {
     "all-hole-windows": (2, 3, 4, 10, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1, False, True, "hole"),
     "4x3-s2x1-pad1x2-ragged": (2, 5, 6, 7, 9, 4, 3, (2, 1), (1, 2), (1, 1), 1, False, True, "hard"),
     "1x1-nobias": (2, 5, 3, 6, 7, 1, 1, (1, 1), (0, 0), (1, 1), 1, False, False, "soft"),
+    "wide-cout-multichannel": (2, 3, 34, 5, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1, True, True, "soft"),
 }
 
 
@@ -122,6 +123,14 @@ class TestInterpreter:
         # the window of output (4, 5) (padding 1) lies inside the hole rows 2..7, cols 3..8
         assert (new_mask[:, :, 3:7, 4:8] == 0).all() and (out[:, :, 3:7, 4:8] == 0).all()
         assert torch.isfinite(out).all()
+
+    @pytest.mark.parametrize("geom", ["4x3-s2x1-pad1x2-ragged", "groups2-multichannel-s2-d2-nobias",
+                                      "wide-cout-multichannel"])
+    def test_many_programs_and_loop_trips(self, geom, monkeypatch):
+        """16-wide blocks: several M programs, several (ragged) N tiles per group, several K trips and mask-sum
+        tap trips."""
+        monkeypatch.setattr(TC, "INTERP_CAPS", (16, 16, 16))
+        _check(GEOMETRIES[geom], torch.float64, "channels_last")
 
     def test_weight_gradient_split_is_deterministic(self, monkeypatch):
         """On GPU the weight gradient's M loop is split over programs and the partial sums reduced in a

@@ -37,7 +37,9 @@ converted to fp32 first. fp64 uses tl.dot in fp64.
 Gated partial conv (`gated_forward`, SPEC §2 with a mask, groups == 1): the same forward kernel with GATED
 set accumulates the feature channel co and the gate channel co + C_out from one A tile, stores both partial-
 conv outputs y (kept for the backward) and act(feature) * sigmoid(gate). Its backward is the gated-activation
-backward kernel followed by the partial-conv backward kernels above (not fused).
+backward kernel followed by the partial-conv backward kernels above (not fused: forming grad_y inside the
+GEMM gathers would load grad_out, feature and gate and evaluate exp once per tap and per N tile, likely more
+than writing and reading grad_y once; unmeasured).
 
 Block sizes: fixed under the interpreter (as large as the problem, so that a test shape is one program and
 one K trip: the interpreter pays per program and per loop trip); on GPU `triton.autotune` over a few configs
@@ -329,6 +331,8 @@ def _gpu_configs():
 
 
 _TUNED = {}
+# largest (M, N, K) blocks under the interpreter; tests shrink them to run many programs and loop trips
+INTERP_CAPS = (512, 64, 512)
 
 
 def _tuned(kernel):
@@ -343,7 +347,8 @@ def _launch_gemm(kernel, m_size, n_size, k_size, groups, dtype, args, consts):
     if triton_interpreter():
         # one program and one K trip for test-sized problems, big tiles otherwise: the interpreter's cost is
         # per program and per loop trip, numpy's per element is small
-        blocks = dict(BLOCK_M=pow2(m_size, 16, 512), BLOCK_N=pow2(n_size, 16, 64), BLOCK_K=pow2(k_size, 16, 512))
+        cap_m, cap_n, cap_k = INTERP_CAPS
+        blocks = dict(BLOCK_M=pow2(m_size, 16, cap_m), BLOCK_N=pow2(n_size, 16, cap_n), BLOCK_K=pow2(k_size, 16, cap_k))
     elif dtype == torch.float64:
         blocks = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16)   # gradcheck only: small, no autotuning
     else:
@@ -419,8 +424,8 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
     # 1. mask window sums
     msum = torch.empty(m_size, dtype=acc, device=x.device)
     taps = mask.shape[1] * kh * kw
-    block_p = pow2(m_size, 16, 512) if triton_interpreter() else 128
-    block_t = pow2(taps, 1, 64) if triton_interpreter() else min(pow2(taps), 16)
+    block_p = pow2(m_size, 16, INTERP_CAPS[0]) if triton_interpreter() else 128
+    block_t = pow2(taps, 1, INTERP_CAPS[2] // 8) if triton_interpreter() else min(pow2(taps), 16)
     _msum_kernel[(triton.cdiv(m_size, block_p),)](
         mask, msum, m_size, ho * wo, wo, h, w, taps, *ints, *mask.stride(),
         ACC=acc_tl(x.dtype), BLOCK_P=block_p, BLOCK_T=block_t, num_warps=4)
@@ -440,7 +445,7 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
 
 def _dw_blocks(m_size, cg_out, kg, dtype):
     if triton_interpreter():
-        return pow2(m_size, 16, 1024), pow2(cg_out, 16, 64), pow2(kg, 16, 512)
+        return pow2(m_size, 16, 2 * INTERP_CAPS[0]), pow2(cg_out, 16, INTERP_CAPS[1]), pow2(kg, 16, INTERP_CAPS[2])
     if dtype == torch.float64:
         return 32, 32, 16
     return 64, 64, 64
