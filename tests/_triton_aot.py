@@ -20,6 +20,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from mdrnet_fast.triton_kernels import gated_activation as G  # noqa: E402
 from mdrnet_fast.triton_kernels import memory as M  # noqa: E402
 from mdrnet_fast.triton_kernels import patch_attention as PA  # noqa: E402
+from mdrnet_fast.triton_kernels import partial_conv as P  # noqa: E402
 from mdrnet_fast.triton_kernels import region_pool as R  # noqa: E402
 from mdrnet_fast.triton_kernels import spade as S  # noqa: E402
 
@@ -93,6 +94,24 @@ def variants(full):
                 yield PA._fwd_kernel, dict(maps, out_ptr=io), pa, warps, stages
                 yield (PA._bwd_dq_kernel, dict(maps, go_ptr=io, o_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
                 yield (PA._bwd_dkdv_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
+        # partial conv: on GPU bf16/fp16 feed tl.dot in their own dtype (LOWP), fp32/fp64 in theirs
+        lowp = io in ("bf16", "fp16")
+        gemm = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16) if acc == tl.float64 else dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)
+        yield (P._msum_kernel, dict(m_ptr=io, msum_ptr=a), dict(ACC=acc, BLOCK_P=128, BLOCK_T=16), 4)
+        fwd = itertools.product(flags, flags, (False, True)) if full else ((True, False, True), (False, True, False))
+        for bias, mc, gated in fwd:
+            for act in (range(4) if full and gated else (1 if gated else 0,)):
+                yield (P._fwd_kernel, dict(x_ptr=io, m_ptr=io, w_ptr=io, bias_ptr=io, msum_ptr=a, out_ptr=io, nm_ptr=io,
+                                           gs_ptr=a, y_ptr=io),
+                       dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, GATED=gated, ACT=act, SLOPE=0.2, EPS=1e-8,
+                            **gemm), 4)
+        for mc in flags:
+            yield (P._dx_kernel, dict(go_ptr=io, gs_ptr=a, w_ptr=io, m_ptr=io, gx_ptr=io),
+                   dict(MC=mc, LOWP=lowp, ACC=acc, **gemm), 4)
+        dw = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16) if acc == tl.float64 else dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
+        for nw, nb, mc in itertools.product(flags, repeat=3) if full else ((True, True, False), (False, True, True)):
+            yield (P._dw_kernel, dict(go_ptr=io, gs_ptr=a, nm_ptr=io, x_ptr=io, m_ptr=io, gw_ptr=a, gb_ptr=a),
+                   dict(NEED_W=nw, NEED_B=nb, MC=mc, NM_MC=mc, LOWP=lowp, ACC=acc, **dw), 4)
 
 
 def main(full=False):

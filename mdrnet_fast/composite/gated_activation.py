@@ -36,3 +36,13 @@ def backward(grad_out, y, activation_name, negative_slope):
     grad_f = go * s * activation_grad(f, activation_name, negative_slope)
     grad_g = go * activation(f, activation_name, negative_slope) * s * (1 - s)
     return torch.cat([grad_f, grad_g], dim=1).to(y.dtype).contiguous(memory_format=out_format(y))
+
+
+@register_kernel("gated_partial_conv2d.forward", "composite")
+@no_autocast
+def gated_partial_forward(x, mask, weight, bias, stride, padding, dilation, groups, activation_name, negative_slope):
+    """Partial conv with 2*C_out outputs, then the gating: (out, new_mask, y, grad_scale), y kept for the backward."""
+    from .partial_conv import forward as partial_forward
+
+    y, new_mask, grad_scale = partial_forward(x, mask, weight, bias, stride, padding, dilation, groups, False)
+    return forward(y, activation_name, negative_slope), new_mask, y, grad_scale

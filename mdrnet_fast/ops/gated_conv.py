@@ -1,14 +1,17 @@
 """gated_conv2d (SPEC §2): a conv (or partial conv) with 2*C_out outputs, then the custom op
 `mdrnet_fast::gated_activation` = act(feature half) * sigmoid(gate half)."""
+from typing import List, Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
-from .._dispatch import get_kernel, resolve
+from .._dispatch import get_kernel, has_kernel, resolve
 from ..reference.gated_conv import ACTIVATIONS
-from ._register import empty_like_format
-from .partial_conv import check_conv_args, check_mask, conv_dtypes, partial_conv2d_op
+from ._register import conv_out_size, empty_like_format
+from .partial_conv import (check_conv_args, check_mask, conv_dtypes, partial_conv2d_backward_op,
+                           partial_conv2d_op)
 
 
 @torch.library.custom_op("mdrnet_fast::gated_activation", mutates_args=())
@@ -46,6 +49,49 @@ def _backward(ctx, grad_out):
 gated_activation_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("mdrnet_fast::gated_partial_conv2d", mutates_args=())
+def gated_partial_conv2d_op(x: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                            padding: List[int], dilation: List[int], groups: int, activation: str,
+                            negative_slope: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Partial conv (1-channel mask) with 2*C_out outputs and the gating fused in its epilogue where the backend
+    has that kernel. Returns (out, new_mask, y, grad_scale): y is the partial conv output, kept for the backward."""
+    return get_kernel("gated_partial_conv2d.forward", backend)(x, mask, weight, bias, stride, padding, dilation,
+                                                               groups, activation, negative_slope)
+
+
+@gated_partial_conv2d_op.register_fake
+def _(x, mask, weight, bias, stride, padding, dilation, groups, activation, negative_slope, backend):
+    b, c2 = x.shape[0], weight.shape[0]
+    ho = conv_out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    wo = conv_out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (empty_like_format(x, (b, c2 // 2, ho, wo)), x.new_empty((b, 1, ho, wo)),
+            empty_like_format(x, (b, c2, ho, wo)), x.new_empty((b, 1, ho, wo), dtype=acc))
+
+
+def _gpc_setup_context(ctx, inputs, output):
+    x, mask, weight, bias, stride, padding, dilation, groups, activation, negative_slope, backend = inputs
+    _, new_mask, y, grad_scale = output
+    ctx.save_for_backward(x, mask, weight, grad_scale, new_mask, y)
+    ctx.args = (stride, padding, dilation, groups, activation, negative_slope, backend)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(new_mask, y, grad_scale)
+
+
+def _gpc_backward(ctx, grad_out, _grad_new_mask, _grad_y, _grad_scale):
+    x, mask, weight, grad_scale, new_mask, y = ctx.saved_tensors
+    stride, padding, dilation, groups, activation, negative_slope, backend = ctx.args
+    need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
+    grad_y = gated_activation_backward_op(grad_out.contiguous(), y, activation, negative_slope, backend)
+    gx, gw, gb = partial_conv2d_backward_op(grad_y, x, mask, weight, grad_scale, new_mask, stride, padding, dilation,
+                                            groups, need_x, need_w, need_b, backend)
+    return (gx if need_x else None, None, gw if need_w else None, gb if need_b else None,
+            None, None, None, None, None, None, None)
+
+
+gated_partial_conv2d_op.register_autograd(_gpc_backward, setup_context=_gpc_setup_context)
+
+
 def gated_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="elu",
                  negative_slope=0.2, mask=None):
     """Gated convolution (SPEC §2). weight (2*C_out, C_in/groups, kh, kw): first half feature, second gate.
@@ -68,6 +114,10 @@ def gated_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     if mask is None:
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         return gated_activation_op(y, activation, float(negative_slope), backend)
+    if has_kernel("gated_partial_conv2d.forward", backend):  # the gating fused into the conv's epilogue
+        out, new_mask, _, _ = gated_partial_conv2d_op(x, mask.contiguous(), weight, bias, stride, padding, dilation,
+                                                      groups, activation, float(negative_slope), backend)
+        return out, new_mask
     y, new_mask, _ = partial_conv2d_op(x, mask.contiguous(), weight, bias, stride, padding, dilation, groups,
                                        False, backend)
     return gated_activation_op(y, activation, float(negative_slope), backend), new_mask
