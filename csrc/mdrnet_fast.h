@@ -17,11 +17,13 @@ namespace mdrnet_fast {
 // ---------------------------------------------------------------------------
 
 // raw:  conv2d(x * mask, weight) without bias, (B, Co, Ho, Wo), NCHW or channels_last.
-// mask: (B, Cm, H, W), Cm == 1 unless multi_channel, same dtype as raw, values in [0, 1].
+// mask: (B, Cm, H, W), Cm == 1 unless multi_channel, same dtype as raw, values in [0, 1]; NCHW or
+//       channels_last read in place (other layouts are copied).
 // bias: optional (Co,), same dtype as raw.
 // Returns {out, new_mask, grad_scale}:
 //   out        raw's dtype and memory format,
-//   new_mask   raw's dtype, NCHW contiguous, (B, 1, Ho, Wo), or (B, Co, Ho, Wo) if multi_channel,
+//   new_mask   raw's dtype, (B, 1, Ho, Wo) NCHW, or (B, Co, Ho, Wo) if multi_channel, in raw's memory
+//              format (NCHW or channels_last),
 //   grad_scale float32 (float64 for float64 raw), (B, 1, Ho, Wo): d out / d raw.
 std::vector<at::Tensor> partial_conv_epilogue_forward(
     const at::Tensor& raw, const at::Tensor& mask, const c10::optional<at::Tensor>& bias,

@@ -68,3 +68,37 @@ def test_parity_with_poisoned_allocations():
            os.path.join(here, "test_parity.py"), os.path.join(here, "test_cpu_elementwise.py")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("grad_layout", ["nchw", "channels_last"])
+def test_multi_channel_masks_keep_channels_last(grad_layout):
+    """A channels_last multi-channel mask is read in place and the new mask comes back channels_last (the next
+    layer concatenates it with channels_last features); the bias gradient reads it in either grad layout."""
+    from mdrnet_fast import _C
+
+    gen = torch.Generator().manual_seed(5)
+    cl = torch.channels_last
+    raw = torch.randn(2, 6, 7, 9, generator=gen, dtype=torch.float64).contiguous(memory_format=cl)
+    mask = (torch.rand(2, 4, 7, 9, generator=gen, dtype=torch.float64) > 0.4).double()
+    bias = torch.randn(6, generator=gen, dtype=torch.float64)
+    args = (3, 3, 1, 1, 1, 1, 1, 1, 36.0, True)
+    out_cl, nm_cl, gs_cl = _C.partial_conv_epilogue_forward(raw, mask.contiguous(memory_format=cl), bias, *args)
+    out, nm, gs = _C.partial_conv_epilogue_forward(raw.contiguous(), mask, bias, *args)
+    assert nm_cl.is_contiguous(memory_format=cl) and out_cl.is_contiguous(memory_format=cl)
+    assert torch.equal(nm_cl, nm) and torch.equal(gs_cl, gs) and torch.equal(out_cl, out)
+    go = torch.randn(2, 6, 7, 9, generator=gen, dtype=torch.float64)
+    go = go.contiguous(memory_format=cl) if grad_layout == "channels_last" else go
+    gr_cl, gb_cl = _C.partial_conv_epilogue_backward(go, gs, nm_cl, True)
+    gr, gb = _C.partial_conv_epilogue_backward(go.contiguous(), gs, nm, True)
+    torch.testing.assert_close(gr_cl, gr, rtol=0, atol=0)
+    torch.testing.assert_close(gb_cl, gb, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(gb, (go * nm).sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
+    # and through the public op
+    x = torch.randn(2, 4, 7, 9, generator=gen, dtype=torch.float64).contiguous(memory_format=cl)
+    w = torch.randn(6, 4, 3, 3, generator=gen, dtype=torch.float64)
+    with mdrnet_fast.use_backend("cpu"):
+        o, n = mdrnet_fast.ops.partial_conv2d(x, mask, w, bias, 1, 1, multi_channel=True)
+    ro, rn = mdrnet_fast.reference.partial_conv2d(x, mask, w, bias, [1, 1], [1, 1], [1, 1], 1, True)
+    assert n.is_contiguous(memory_format=cl) and o.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(o, ro, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(n, rn, rtol=0, atol=0)

@@ -70,7 +70,7 @@ MDR_INLINE double window_sum(const double* P, const Taps& t, int64_t d, int64_t 
 // column's window: hsum[b, h, ow]. Pass 2: hsum becomes a stride-dh prefix down each column, so any
 // output row's window sum is one subtraction (vertical_rows).
 template <typename scalar_t>
-void window_prefix(const scalar_t* mask, int64_t B, int64_t Cm, int64_t H, int64_t W, int64_t Wo,
+void window_prefix(const scalar_t* mask, bool mask_nhwc, int64_t B, int64_t Cm, int64_t H, int64_t W, int64_t Wo,
                    const Geom& g, double* hsum) {
   std::vector<Taps> cols(static_cast<size_t>(Wo));
   for (int64_t ow = 0; ow < Wo; ++ow) cols[ow] = clip_taps(ow * g.sw - g.pw, g.kw, g.dw, W);
@@ -80,11 +80,20 @@ void window_prefix(const scalar_t* mask, int64_t B, int64_t Cm, int64_t H, int64
     double* __restrict__ row = buf.data();
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / H, h = r % H;
-      const scalar_t* __restrict__ m0 = mask + (b * Cm * H + h) * W;
-      for (int64_t w = 0; w < W; ++w) row[w] = static_cast<double>(m0[w]);
-      for (int64_t c = 1; c < Cm; ++c) {
-        const scalar_t* __restrict__ mc = m0 + c * H * W;
-        for (int64_t w = 0; w < W; ++w) row[w] += static_cast<double>(mc[w]);
+      if (mask_nhwc) {  // a (multi-channel) channels_last mask: a pixel's channels are contiguous
+        const scalar_t* __restrict__ m0 = mask + (b * H + h) * W * Cm;
+        for (int64_t w = 0; w < W; ++w) {
+          double sum = 0.0;
+          for (int64_t c = 0; c < Cm; ++c) sum += static_cast<double>(m0[w * Cm + c]);
+          row[w] = sum;
+        }
+      } else {
+        const scalar_t* __restrict__ m0 = mask + (b * Cm * H + h) * W;
+        for (int64_t w = 0; w < W; ++w) row[w] = static_cast<double>(m0[w]);
+        for (int64_t c = 1; c < Cm; ++c) {
+          const scalar_t* __restrict__ mc = m0 + c * H * W;
+          for (int64_t w = 0; w < W; ++w) row[w] += static_cast<double>(mc[w]);
+        }
       }
       for (int64_t w = dw; w < W; ++w) row[w] += row[w - dw];
       double* __restrict__ out = hsum + r * Wo;
@@ -143,7 +152,7 @@ void check_mask_geometry(const at::Tensor& mask, int64_t Ho, int64_t Wo, const c
 }
 
 template <typename scalar_t>
-void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, const at::Tensor* bias,
+void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, bool mask_nhwc, const at::Tensor* bias,
                   const Geom& g, double winsize, bool multi_channel, at::Tensor& out, at::Tensor& new_mask,
                   at::Tensor& grad_scale) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -153,7 +162,9 @@ void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, 
   const int64_t Cn = new_mask.size(1);  // 1, or Co when multi_channel
 
   auto hsum = uninit<double>(B * H * Wo);
-  window_prefix<scalar_t>(mask.const_data_ptr<scalar_t>(), B, Cm, H, W, Wo, g, hsum.get());
+  window_prefix<scalar_t>(mask.const_data_ptr<scalar_t>(), mask_nhwc, B, Cm, H, W, Wo, g, hsum.get());
+  // multi_channel: every new-mask channel is the same plane, stored in raw's layout
+  const bool nm_nhwc = Cn > 1 && layout == Layout::NHWC;
 
   const bool has_bias = bias != nullptr;
   std::vector<acc_t> bias_acc(static_cast<size_t>(has_bias ? Co : 0));
@@ -187,7 +198,7 @@ void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, 
 
       vertical_rows<acc_t>(hsum.get(), b, oh0, oh1, H, Wo, g, ratio);  // ratio holds msum for now
       acc_t* __restrict__ gs = gs_p + b * HoWo + p0;
-      scalar_t* __restrict__ nmask0 = nmask_p + b * Cn * HoWo + p0;
+      scalar_t* __restrict__ nmask0 = nm_nhwc ? nullptr : nmask_p + b * Cn * HoWo + p0;
       for (int64_t q = 0; q < n; ++q) {
         const acc_t m = ratio[q];
         const acc_t v = std::min(std::max(m, acc_t(0)), acc_t(1));
@@ -197,10 +208,18 @@ void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, 
         nm[q] = v;
         ratio[q] = rt;
         gs[q] = has_bias ? rt * v : rt;
-        nmask0[q] = static_cast<scalar_t>(v);
+        if (!nm_nhwc) nmask0[q] = static_cast<scalar_t>(v);
       }
-      for (int64_t c = 1; c < Cn; ++c)  // multi_channel: every new-mask channel is the same
-        std::memcpy(nmask0 + c * HoWo, nmask0, static_cast<size_t>(n) * sizeof(scalar_t));
+      if (nm_nhwc) {
+        for (int64_t q = 0; q < n; ++q) {
+          scalar_t* __restrict__ px = nmask_p + (b * HoWo + p0 + q) * Cn;
+          const scalar_t v = static_cast<scalar_t>(nm[q]);
+          for (int64_t c = 0; c < Cn; ++c) px[c] = v;
+        }
+      } else {
+        for (int64_t c = 1; c < Cn; ++c)  // multi_channel: every new-mask channel is the same
+          std::memcpy(nmask0 + c * HoWo, nmask0, static_cast<size_t>(n) * sizeof(scalar_t));
+      }
 
       if (layout == Layout::NCHW) {
         // Per channel the block is one contiguous run: inner loop over pixels, bias constant.
@@ -239,7 +258,7 @@ void mask_sum_impl(const at::Tensor& mask, const Geom& g, int64_t Ho, int64_t Wo
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = mask.size(0), Cm = mask.size(1), H = mask.size(2), W = mask.size(3);
   auto hsum = uninit<double>(B * H * Wo);
-  window_prefix<scalar_t>(mask.const_data_ptr<scalar_t>(), B, Cm, H, W, Wo, g, hsum.get());
+  window_prefix<scalar_t>(mask.const_data_ptr<scalar_t>(), false, B, Cm, H, W, Wo, g, hsum.get());
   acc_t* dst = msum.mutable_data_ptr<acc_t>();
   at::parallel_for(0, B * Ho, grain_for(Wo * g.kh), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
@@ -257,7 +276,7 @@ inline acc_t sum_lanes(acc_t* l) {
 
 template <typename scalar_t>
 void backward_impl(const at::Tensor& go, Layout layout, const at::Tensor& gsc, const at::Tensor* nmask,
-                   at::Tensor& grad_raw, at::Tensor* grad_bias) {
+                   bool nm_nhwc, at::Tensor& grad_raw, at::Tensor* grad_bias) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = go.size(0), Co = go.size(1), HoWo = go.size(2) * go.size(3);
   const scalar_t* go_p = go.const_data_ptr<scalar_t>();
@@ -339,6 +358,9 @@ void backward_impl(const at::Tensor& go, Layout layout, const at::Tensor& gsc, c
           if (Cn == 1) {
             const acc_t mp = static_cast<acc_t>(nm_p[b * HoWo + p]);
             for (int64_t co = 0; co < Co; ++co) acc[co] += static_cast<acc_t>(x[co]) * mp;
+          } else if (nm_nhwc) {  // channels_last new mask: a contiguous Co-vector per pixel
+            const scalar_t* __restrict__ m = nm_p + (b * HoWo + p) * Cn;
+            for (int64_t co = 0; co < Co; ++co) acc[co] += static_cast<acc_t>(x[co]) * static_cast<acc_t>(m[co]);
           } else {
             // new_mask is NCHW: its channels are HoWo apart (a gather; multi_channel only).
             const scalar_t* __restrict__ m = nm_p + b * Cn * HoWo + p;
@@ -392,7 +414,8 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(
 
   at::Tensor raw = raw_in;
   const Layout layout = normalise_layout(raw);
-  const at::Tensor mask = mask_in.contiguous();
+  at::Tensor mask = mask_in;
+  const bool mask_nhwc = normalise_layout(mask) == Layout::NHWC;
   at::Tensor bias_c;
   if (bias != nullptr && !bias->is_contiguous()) {
     bias_c = bias->contiguous();
@@ -401,11 +424,14 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(
 
   const int64_t B = raw.size(0), Ho = raw.size(2), Wo = raw.size(3);
   at::Tensor out = at::empty_like(raw);  // dense input => same strides (NCHW or channels_last)
-  at::Tensor new_mask = at::empty({B, multi_channel ? Co : 1, Ho, Wo}, raw.options());
+  const bool nm_nhwc = multi_channel && Co > 1 && layout == Layout::NHWC;
+  at::Tensor new_mask = at::empty({B, multi_channel ? Co : 1, Ho, Wo},
+                                  raw.options().memory_format(nm_nhwc ? at::MemoryFormat::ChannelsLast
+                                                                      : at::MemoryFormat::Contiguous));
   at::Tensor grad_scale = at::empty({B, 1, Ho, Wo}, raw.options().dtype(acc_dtype(raw.scalar_type())));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_epilogue_forward", [&] {
-    forward_impl<scalar_t>(raw, layout, mask, bias, g, winsize, multi_channel, out, new_mask, grad_scale);
+    forward_impl<scalar_t>(raw, layout, mask, mask_nhwc, bias, g, winsize, multi_channel, out, new_mask, grad_scale);
   });
   return {out, new_mask, grad_scale};
 }
@@ -428,6 +454,7 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(
               grad_out_in.scalar_type(), ", got ", grad_scale_in.scalar_type());
 
   at::Tensor new_mask;
+  bool nm_nhwc = false;  // a multi-channel new mask in channels_last (else NCHW)
   if (need_bias_grad) {
     checks::cpu_4d(new_mask_in, "new_mask", "(B, 1 or Co, Ho, Wo)");
     TORCH_CHECK(new_mask_in.size(0) == B && (new_mask_in.size(1) == 1 || new_mask_in.size(1) == Co) &&
@@ -435,18 +462,23 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(
                 "new_mask must have shape (B, 1 or Co, Ho, Wo) = (", B, ", 1 or ", Co, ", ", Ho, ", ", Wo,
                 "), got ", new_mask_in.sizes());
     checks::same_dtype(new_mask_in, "new_mask", grad_out_in, "grad_out");
-    new_mask = new_mask_in.contiguous();
+    new_mask = new_mask_in;
+    nm_nhwc = normalise_layout(new_mask) == Layout::NHWC && new_mask.size(1) > 1;
   }
 
   at::Tensor grad_out = grad_out_in;
   const Layout layout = normalise_layout(grad_out);
+  if (nm_nhwc && layout != Layout::NHWC) {  // rare mix: read the new mask as NCHW planes
+    new_mask = new_mask.contiguous();
+    nm_nhwc = false;
+  }
   const at::Tensor grad_scale = grad_scale_in.contiguous();
   at::Tensor grad_raw = at::empty_like(grad_out);
   at::Tensor grad_bias;  // undefined => None in Python when need_bias_grad is false
   if (need_bias_grad) grad_bias = at::empty({Co}, grad_out.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "partial_conv_epilogue_backward", [&] {
-    backward_impl<scalar_t>(grad_out, layout, grad_scale, need_bias_grad ? &new_mask : nullptr, grad_raw,
+    backward_impl<scalar_t>(grad_out, layout, grad_scale, need_bias_grad ? &new_mask : nullptr, nm_nhwc, grad_raw,
                             need_bias_grad ? &grad_bias : nullptr);
   });
   return {grad_raw, grad_bias};

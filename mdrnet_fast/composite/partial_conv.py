@@ -48,7 +48,8 @@ def forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_chan
         out = raw.to(ratio.dtype) * ratio
         grad_scale = ratio
     new_mask = nm.expand(-1, c_out, -1, -1) if multi_channel else nm
-    return (out.to(x.dtype).contiguous(memory_format=fmt), new_mask.to(x.dtype).contiguous(),
+    return (out.to(x.dtype).contiguous(memory_format=fmt),
+            new_mask.to(x.dtype).contiguous(memory_format=fmt if multi_channel else torch.contiguous_format),
             grad_scale.contiguous())
 
 

@@ -16,7 +16,10 @@ def forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_chan
     out, new_mask, grad_scale = _C_cuda.partial_conv_epilogue_forward(
         raw, mask, bias, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         winsize, multi_channel)
-    return out.contiguous(memory_format=out_format(x)), new_mask, grad_scale
+    fmt = out_format(x)
+    # the kernel writes a multi-channel new mask NCHW; the op's contract is x's layout
+    return (out.contiguous(memory_format=fmt),
+            new_mask.contiguous(memory_format=fmt) if multi_channel else new_mask, grad_scale)
 
 
 @register_kernel("partial_conv2d.backward", "cuda")

@@ -44,7 +44,9 @@ class PartialConvUNet(nn.Module):
             cin = cout
 
     def forward(self, image, mask):
-        h, m = image, mask.to(image.dtype).expand(-1, image.shape[1], -1, -1)
+        # the mask per image channel, materialised in image's layout: every torch.cat of masks below then
+        # keeps that layout (an expanded view would make the concatenations, and the convs, NCHW)
+        h, m = image, torch.empty_like(image).copy_(mask.expand(-1, image.shape[1], -1, -1))
         feats, masks = [h], [m]
         for conv, bn in zip(self.enc, self.enc_bn):
             h, m = conv(h, m)

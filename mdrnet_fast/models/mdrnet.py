@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..composite._common import out_format
 from .. import ops
 from ..nn import DisentangledMemory, MaskedCorrelationMining
 from .coarse import PartialConvUNet, default_depth
@@ -86,6 +87,7 @@ class MDRNet(nn.Module):
 
         # MREM: valid area from V, holes from the memory, then masked correlation mining
         fused = ops.region_broadcast(v, small, n) * valid + ops.region_broadcast(q_hat, small, n) * (1 - valid)
+        fused = fused.contiguous(memory_format=out_format(f_s))  # broadcast maps are NCHW; keep f_s's layout
         f_f = self.mcm(fused, valid)
 
         refined = self.refine(p, mask, f_f)

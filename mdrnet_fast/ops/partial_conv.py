@@ -7,6 +7,7 @@ from torch import Tensor
 from .. import reference
 from .._dispatch import get_kernel, resolve
 from . import _checks
+from ..composite._common import out_format
 from ._register import conv_out_size, empty_like_format
 
 
@@ -26,7 +27,8 @@ def _(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel, b
     wo = conv_out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return (empty_like_format(x, (b, c_out, ho, wo)),
-            x.new_empty((b, c_out if multi_channel else 1, ho, wo)),
+            # a multi-channel new mask keeps x's layout (the next layer concatenates it with features)
+            empty_like_format(x, (b, c_out, ho, wo)) if multi_channel else x.new_empty((b, 1, ho, wo)),
             x.new_empty((b, 1, ho, wo), dtype=acc))
 
 
@@ -137,6 +139,6 @@ def partial_conv2d(x, mask, weight, bias=None, stride=1, padding=0, dilation=1, 
     backend = resolve("partial_conv2d", x.device)
     if backend == "reference":
         return reference.partial_conv2d(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel)
-    out, new_mask, _ = partial_conv2d_op(x, mask.contiguous(), weight, bias, stride, padding, dilation, groups,
-                                         bool(multi_channel), backend)
+    out, new_mask, _ = partial_conv2d_op(x, mask.contiguous(memory_format=out_format(x)), weight, bias, stride,
+                                         padding, dilation, groups, bool(multi_channel), backend)
     return out, new_mask

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from .. import reference
 from .._dispatch import get_kernel, resolve
+from ..composite._common import out_format
 from ..reference.patch_attention import default_scale
 from . import _checks
 
@@ -82,6 +83,7 @@ def masked_patch_attention(theta, phi, g, mask, patch_size, scale: Optional[floa
     backend = resolve("patch_attention", theta.device)
     if backend == "reference":
         return reference.masked_patch_attention(theta, phi, g, mask, p, scale)
+    fmt = out_format(g)  # the kernels gather from NCHW maps; the result goes back to g's layout
     out, _ = patch_attention_op(theta.contiguous(), phi.contiguous(), g.contiguous(), mask.to(dtype).contiguous(),
                                 p, scale, backend)
-    return out
+    return out.contiguous(memory_format=fmt)

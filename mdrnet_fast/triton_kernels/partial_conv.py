@@ -438,6 +438,8 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
                   GATED=gated, ACT=_ACT[activation], SLOPE=float(negative_slope), EPS=MASK_EPS)
     _launch_gemm(_fwd_kernel, m_size, cg_out, cg_in * kh * kw, groups, x.dtype, args, consts)
     out, new_mask = finish(out, x.dtype), finish(new_mask, x.dtype)
+    if multi_channel:  # the kernel writes the planes NCHW; the op's contract is x's layout
+        new_mask = new_mask.contiguous(memory_format=fmt)
     if gated:
         return out, new_mask, finish(y, x.dtype), grad_scale
     return out, new_mask, grad_scale
