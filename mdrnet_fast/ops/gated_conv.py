@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .. import reference
 from .._dispatch import get_kernel, has_kernel, resolve
+from ..composite._common import out_format
 from ..reference.gated_conv import ACTIVATIONS
 from ._register import conv_out_size, empty_like_format
 from .partial_conv import (check_conv_args, check_mask, conv_dtypes, partial_conv2d_backward_op,
@@ -82,7 +83,8 @@ def _gpc_backward(ctx, grad_out, _grad_new_mask, _grad_y, _grad_scale):
     x, mask, weight, grad_scale, new_mask, y = ctx.saved_tensors
     stride, padding, dilation, groups, activation, negative_slope, backend = ctx.args
     need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
-    grad_y = gated_activation_backward_op(grad_out.contiguous(), y, activation, negative_slope, backend)
+    grad_y = gated_activation_backward_op(grad_out.contiguous(memory_format=out_format(x)), y, activation,
+                                          negative_slope, backend)
     gx, gw, gb = partial_conv2d_backward_op(grad_y, x, mask, weight, grad_scale, new_mask, stride, padding, dilation,
                                             groups, need_x, need_w, need_b, backend)
     return (gx if need_x else None, None, gw if need_w else None, gb if need_b else None,

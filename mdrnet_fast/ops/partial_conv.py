@@ -65,7 +65,9 @@ def _backward(ctx, grad_out, _grad_new_mask, _grad_scale):
     x, mask, weight, grad_scale, new_mask = ctx.saved_tensors
     stride, padding, dilation, groups, backend = ctx.args
     need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
-    gx, gw, gb = partial_conv2d_backward_op(grad_out.contiguous(), x, mask, weight, grad_scale, new_mask, stride,
+    # dense in x's layout (a channels_last gradient stays channels_last: the conv backward runs in it)
+    grad_out = grad_out.contiguous(memory_format=out_format(x))
+    gx, gw, gb = partial_conv2d_backward_op(grad_out, x, mask, weight, grad_scale, new_mask, stride,
                                             padding, dilation, groups, need_x, need_w, need_b, backend)
     return (gx if need_x else None, None, gw if need_w else None, gb if need_b else None,
             None, None, None, None, None, None)

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .. import reference
 from .._dispatch import get_kernel, resolve
+from ..composite._common import out_format
 from . import _checks
 
 
@@ -73,7 +74,8 @@ def _broadcast_setup(ctx, inputs, output):
 def _broadcast_backward(ctx, grad_out):
     (seg,) = ctx.saved_tensors
     num_classes, backend = ctx.args
-    grad_codes, _ = region_pool_op(grad_out.contiguous(), seg, num_classes, False, backend)
+    grad_codes, _ = region_pool_op(grad_out.contiguous(memory_format=out_format(grad_out)), seg, num_classes, False,
+                                   backend)
     return grad_codes, None, None, None
 
 
