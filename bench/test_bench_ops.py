@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ import mdrnet_fast
 from mdrnet_fast import ops, reference
 from mdrnet_fast import _dispatch
 from mdrnet_fast._dispatch import has_kernel
+from mdrnet_fast.data import FreeFormMasks
 
 QUICK = os.environ.get("MDRNET_FAST_BENCH_QUICK", "0") == "1"
 DTYPE = torch.float32
@@ -115,11 +117,21 @@ def memory_update(b, c):
                 (), ("memory_update",))
 
 
-def patch_attention(b, c, hw, p, holes=0.25):
-    return Case("masked_patch_attention", f"B{b}-C{c}-{hw}x{hw}-p{p}",
-                lambda dev: [_randn(b, c, hw, hw, device=dev), _randn(b, c, hw, hw, device=dev),
-                             _randn(b, c, hw, hw, device=dev), _mask(b, hw, dev, holes), p],
-                (0, 1, 2), ("patch_attention",))
+def _stroke_mask(b, hw, device, ratio=(0.2, 0.3)):
+    """Free-form stroke masks (the training masks, about 25 % holes): holes are contiguous regions, as MCM
+    sees them, so whole patches are hole-free and skipped. Random single-pixel holes are the worst case."""
+    masks = FreeFormMasks(hw, ratio=ratio)
+    return torch.stack([masks.sample(np.random.default_rng([1, i])) for i in range(b)]).to(device, DTYPE)
+
+
+def patch_attention(b, c, hw, p, holes="pixels"):
+    def make(dev):
+        mask = _stroke_mask(b, hw, dev) if holes == "strokes" else _mask(b, hw, dev, 0.25)
+        return [_randn(b, c, hw, hw, device=dev), _randn(b, c, hw, hw, device=dev),
+                _randn(b, c, hw, hw, device=dev), mask, p]
+
+    return Case("masked_patch_attention", f"B{b}-C{c}-{hw}x{hw}-p{p}-{holes}25", make, (0, 1, 2),
+                ("patch_attention",))
 
 
 def spade(b, c, hw):
@@ -136,7 +148,8 @@ if QUICK:
 else:
     CASES = [partial_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3, masked=True),
              region_pool(4, 128, 64), region_broadcast(4, 128, 64), memory_read(8, 256), memory_update(8, 256),
-             patch_attention(2, 64, 32, 2), patch_attention(2, 64, 64, 2), spade(4, 128, 64)]
+             patch_attention(2, 64, 32, 2), patch_attention(2, 64, 64, 2), patch_attention(2, 64, 64, 2, "strokes"),
+             spade(4, 128, 64)]
 
 
 def _devices():
