@@ -5,7 +5,8 @@ test_bench_model.py).
     print(format_table(rows))
     plot(rows, "bench.png")
 
-Speed-ups compare medians (robust to the odd slow round); > 1 means faster than the baseline.
+Speed-ups compare medians (robust to the odd slow round); > 1 means faster than the baseline. Several
+runs of the same benchmarks can be merged (`merge_runs`: best median per row) before the table is built.
 Whole-model rows (group "model/...") also get images/s (batch / mean time) and the peak memory.
 """
 from __future__ import annotations
@@ -37,6 +38,25 @@ class Row:
 def load(path: Union[str, Path]) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def merge_runs(runs: List[dict]) -> dict:
+    """Several runs of the same benchmarks as one: per (group, impl) the entry with the smallest median.
+    A noisy spell on a shared machine only ever slows a run down, so the best of a few runs is the better
+    estimate; ratios are then taken between these best medians. The first run's machine info is kept."""
+    if len(runs) == 1:
+        return runs[0]
+    best, order = {}, []
+    for data in runs:
+        for b in data["benchmarks"]:
+            key = (b["group"], b["extra_info"].get("impl", b["name"]))
+            if key not in best:
+                order.append(key)
+            if key not in best or b["stats"]["median"] < best[key]["stats"]["median"]:
+                best[key] = b
+    merged = dict(runs[0], benchmarks=[best[k] for k in order])
+    merged["merged_runs"] = len(runs)
+    return merged
 
 
 def build_table(data: dict) -> List[Row]:

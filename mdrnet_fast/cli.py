@@ -64,12 +64,16 @@ def _add_bench(sub) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="also draw the speed-up over reference as a bar chart")
     p.add_argument("--filter", metavar="EXPR", help="pytest -k expression, e.g. 'partial_conv2d and fwdbwd'")
     p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the benchmarks N times (JSON files -run1..N) and report each row's best median: "
+                        "on a shared machine a slow spell only ever slows a run down")
     p.set_defaults(func=_run_bench)
 
 
 def _add_bench_report(sub) -> None:
-    p = sub.add_parser("bench-report", help="print the table (and plot) of a saved benchmark JSON")
-    p.add_argument("json", metavar="PATH")
+    p = sub.add_parser("bench-report", help="print the table (and plot) of saved benchmark JSONs")
+    p.add_argument("json", metavar="PATH", nargs="+",
+                   help="one run, or several runs of the same benchmarks: each row then takes its best median")
     p.add_argument("--plot", metavar="FILE.png")
     p.set_defaults(func=_run_bench_report)
 
@@ -104,14 +108,16 @@ def _cpu_busy(seconds: float = 0.3) -> Optional[float]:
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def _report(json_path: Path, plot_path: Optional[str]) -> int:
+def _report(json_paths: List[Path], plot_path: Optional[str]) -> int:
     from . import bench_report
 
-    data = bench_report.load(json_path)
+    data = bench_report.merge_runs([bench_report.load(p) for p in json_paths])
     rows = bench_report.build_table(data)
     if not rows:
-        print(f"no benchmarks in {json_path}", file=sys.stderr)
+        print(f"no benchmarks in {', '.join(map(str, json_paths))}", file=sys.stderr)
         return 1
+    if len(json_paths) > 1:
+        print(f"{len(json_paths)} runs merged: each row is its best median over the runs")
     print(bench_report.describe_run(data) + "\n")
     print(bench_report.format_table(rows))
     if plot_path:
@@ -153,18 +159,23 @@ def _run_bench(args) -> int:
     if busy is not None and busy > 0.3:  # OpenMP threads waiting for a busy core stall for whole scheduler slices
         print(f"note: the CPUs are {busy:.0%} busy with other work: timings will be noisy; --threads 1 suffers least",
               flush=True)
-    print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=bench.parent, env=env)
-    if not json_path.is_file():
-        print(f"mdrnet-fast bench: pytest exited with {rc} and wrote no results", file=sys.stderr)
-        return rc or 1
-    print(f"\nresults: {json_path}\n")
-    report_rc = _report(json_path, args.plot)
+    paths = [json_path] if args.repeat == 1 else [
+        json_path.with_name(f"{json_path.stem}-run{i + 1}{json_path.suffix}") for i in range(args.repeat)]
+    rc = 0
+    for path in paths:
+        run = [c if not c.startswith("--benchmark-json=") else f"--benchmark-json={path}" for c in cmd]
+        print("running:", " ".join(run), flush=True)
+        rc = subprocess.call(run, cwd=bench.parent, env=env) or rc
+        if not path.is_file():
+            print(f"mdrnet-fast bench: pytest exited with {rc} and wrote no results", file=sys.stderr)
+            return rc or 1
+    print("\nresults: " + " ".join(map(str, paths)) + "\n")
+    report_rc = _report(paths, args.plot)
     return rc or report_rc
 
 
 def _run_bench_report(args) -> int:
-    return _report(Path(args.json), args.plot)
+    return _report([Path(p) for p in args.json], args.plot)
 
 
 # --------------------------------------------------------------------------- entry point
