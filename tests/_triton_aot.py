@@ -105,13 +105,17 @@ def variants(full):
                                            gs_ptr=a, y_ptr=io),
                        dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, GATED=gated, ACT=act, SLOPE=0.2, EPS=1e-8,
                             **gemm), 4)
-        for mc in flags:
-            yield (P._dx_kernel, dict(go_ptr=io, gs_ptr=a, w_ptr=io, m_ptr=io, gx_ptr=io),
-                   dict(MC=mc, LOWP=lowp, ACC=acc, **gemm), 4)
+        for mc, gated in ((False, False), (True, False), (False, True)):
+            yield (P._dx_kernel, dict(go_ptr=io, gs_ptr=a, w_ptr=io, m_ptr=io, gx_ptr=io, y_ptr=io),
+                   dict(MC=mc, LOWP=lowp, ACC=acc, GATED=gated, ACT=1 if gated else 0, SLOPE=0.2, **gemm), 4)
         dw = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16) if acc == tl.float64 else dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
         for nw, nb, mc in itertools.product(flags, repeat=3) if full else ((True, True, False), (False, True, True)):
-            yield (P._dw_kernel, dict(go_ptr=io, gs_ptr=a, nm_ptr=io, x_ptr=io, m_ptr=io, gw_ptr=a, gb_ptr=a),
-                   dict(NEED_W=nw, NEED_B=nb, MC=mc, NM_MC=mc, LOWP=lowp, ACC=acc, **dw), 4)
+            yield (P._dw_kernel, dict(go_ptr=io, gs_ptr=a, nm_ptr=io, x_ptr=io, m_ptr=io, gw_ptr=a, gb_ptr=a, y_ptr=io),
+                   dict(NEED_W=nw, NEED_B=nb, MC=mc, NM_MC=mc, LOWP=lowp, ACC=acc, GATED=False, ACT=0, SLOPE=0.0,
+                        **dw), 4)
+        yield (P._dw_kernel, dict(go_ptr=io, gs_ptr=a, nm_ptr=io, x_ptr=io, m_ptr=io, gw_ptr=a, gb_ptr=a, y_ptr=io),
+               dict(NEED_W=True, NEED_B=True, MC=False, NM_MC=False, LOWP=lowp, ACC=acc, GATED=True, ACT=1,
+                    SLOPE=0.2, **dw), 4)
 
 
 def main(full=False):

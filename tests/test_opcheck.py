@@ -27,6 +27,7 @@ def _samples():
         "partial_conv2d_backward": (OPS.partial_conv2d_backward, lambda b: (f(2, 4, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), mask, f(4, 3, 3, 3, rg=False), torch.rand(2, 1, 7, 6), mask, [1, 1], [1, 1], [1, 1], 1, True, True, True, b)),
         "gated_partial_conv2d": (OPS.gated_partial_conv2d, lambda b: (f(2, 3, 7, 6), mask, f(8, 3, 3, 3), f(8), [1, 1], [1, 1], [1, 1], 1, "elu", 0.2, b)),
         "gated_partial_conv2d_groups": (OPS.gated_partial_conv2d, lambda b: (f(2, 4, 7, 6), mask, f(6, 2, 3, 3), None, [2, 1], [1, 0], [1, 2], 2, "leaky_relu", 0.1, b)),
+        "gated_partial_conv2d_backward": (OPS.gated_partial_conv2d_backward, lambda b: (f(2, 4, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), mask, f(8, 3, 3, 3, rg=False), torch.rand(2, 1, 7, 6), mask, f(2, 8, 7, 6, rg=False), [1, 1], [1, 1], [1, 1], 1, "elu", 0.2, True, True, True, b)),
         "gated_activation": (OPS.gated_activation, lambda b: (y, "elu", 0.2, b)),
         "gated_activation_backward": (OPS.gated_activation_backward, lambda b: (f(2, 3, 5, 5, rg=False), y.detach(), "leaky_relu", 0.2, b)),
         "region_pool": (OPS.region_pool, lambda b: (f(2, 5, 7, 6), labels, 4, True, b)),

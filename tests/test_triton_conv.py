@@ -203,6 +203,32 @@ class TestInterpreter:
         assert_close(nm, want_nm, torch.float64, "new_mask")
 
 
+    @pytest.mark.parametrize("act", ["elu", "leaky_relu", "relu", "none"])
+    def test_gated_backward_fused_into_the_loads(self, act):
+        """gated_partial_conv2d's backward: the gating's gradient formed inside the dx / dW loads, against the
+        composite (gating backward, then partial conv backward), with subsets of the gradients and layouts."""
+        from mdrnet_fast.composite import gated_activation as CG
+
+        x, mask, weight, bias, stride, padding, dilation, _, _ = _inputs(GEOMETRIES["4x3-s2x1-pad1x2-ragged"])
+        weight = torch.cat([weight, -weight.flip(0)])
+        bias = torch.cat([bias, bias.flip(0) * 0.5])
+        _, nm, y, gs = TC.gated_forward(x, mask, weight, bias, stride, padding, dilation, 1, act, 0.1)
+        go = torch.randn(y.shape[0], y.shape[1] // 2, *y.shape[2:], dtype=torch.float64)
+        args = (stride, padding, dilation, 1, act, 0.1)
+        for need in ((True, True, True), (True, False, False), (False, True, True)):
+            for dtype, layout in ((torch.float64, "contiguous"), (torch.float32, "channels_last"),
+                                  (torch.float32, "noncontig")):
+                ins = [layouts(t.to(dtype), layout) for t in (go, x)] + [mask.to(dtype), weight.to(dtype), gs,
+                                                                          nm.to(dtype), layouts(y.to(dtype), layout)]
+                got = TC.gated_backward(*ins, *args, *need)
+                want = CG.gated_partial_backward(*[t.to(torch.float64) for t in ins], *args, *need)
+                for name, a, b, n in zip(("x", "weight", "bias"), got, want, need):
+                    if n:
+                        assert_close(a, b, dtype, f"grad {name} ({layout})")
+                    else:
+                        assert a is None, f"grad {name} was not asked for"
+
+
 # ------------------------------------------------------------------ GPU: compiled, training size
 
 GPU_TOL = {torch.float32: 5e-4, torch.bfloat16: 1e-2}  # SPEC: tf32 matmuls on GPU

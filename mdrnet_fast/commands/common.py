@@ -17,6 +17,12 @@ PRESETS = {
 }
 
 
+def default_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU, where it measured faster for every backend (oneDNN's convolutions, and no
+    layout copies between layers); NCHW on GPU until measured there."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def default_preset() -> str:
     return "paper" if torch.cuda.is_available() else "cpu-demo"
 

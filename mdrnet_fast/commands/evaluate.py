@@ -7,6 +7,7 @@ import json
 import numpy as np
 import torch
 
+from .common import default_memory_format
 from .inpaint import load_model
 
 
@@ -36,8 +37,10 @@ def evaluate(model, dataset, size, limit, batch_size, seed, device):
         scores = {"l1_percent": [], "psnr": [], "ssim": []}
         for start in range(0, n, batch_size):
             idx = range(start, min(start + batch_size, n))
-            image = torch.stack([dataset[i]["image"] for i in idx]).to(device)
-            mask = torch.stack([masks.sample(np.random.default_rng([seed, k, i])) for i in idx]).to(device)
+            fmt = default_memory_format(device)
+            image = torch.stack([dataset[i]["image"] for i in idx]).to(device, memory_format=fmt)
+            mask = torch.stack([masks.sample(np.random.default_rng([seed, k, i])) for i in idx])
+            mask = mask.to(device, memory_format=fmt)
             out = model(image, mask).output
             scores["l1_percent"].append(l1_percent(out, image))
             scores["psnr"].append(psnr(out, image))

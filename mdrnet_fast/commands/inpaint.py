@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .common import load_checkpoint, save_png
+from .common import default_memory_format, load_checkpoint, save_png
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -33,7 +33,7 @@ def load_model(path, device):
         raise SystemExit(f"mdrnet-fast: {path} is a {ckpt.get('stage')!r} checkpoint; inpainting needs a 'full' one")
     model = MDRNet(**ckpt["config"])
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt["config"]["image_size"]
+    return model.to(device, memory_format=default_memory_format(device)).eval(), ckpt["config"]["image_size"]
 
 
 def load_image(path, size):
@@ -76,8 +76,9 @@ def run(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, size = load_model(args.checkpoint, device)
     for image_path, mask_path, out_path in _pairs(args):
-        image = load_image(image_path, size)[None].to(device)
-        mask = load_mask(mask_path, size, invert=args.invert_mask)[None].to(device)
+        fmt = default_memory_format(device)
+        image = load_image(image_path, size)[None].to(device, memory_format=fmt)
+        mask = load_mask(mask_path, size, invert=args.invert_mask)[None].to(device, memory_format=fmt)
         save_png(model(image, mask).output[0], out_path)
         print(f"{image_path} + {mask_path} -> {out_path}")
     return 0

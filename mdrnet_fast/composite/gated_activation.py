@@ -46,3 +46,15 @@ def gated_partial_forward(x, mask, weight, bias, stride, padding, dilation, grou
 
     y, new_mask, grad_scale = partial_forward(x, mask, weight, bias, stride, padding, dilation, groups, False)
     return forward(y, activation_name, negative_slope), new_mask, y, grad_scale
+
+
+@register_kernel("gated_partial_conv2d.backward", "composite")
+@no_autocast
+def gated_partial_backward(grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups,
+                           activation_name, negative_slope, need_x, need_w, need_b):
+    """The gating's gradient, then the partial conv's: (gx, gw, gb)."""
+    from .partial_conv import backward as partial_backward
+
+    grad_y = backward(grad_out, y, activation_name, negative_slope)
+    return partial_backward(grad_y, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
+                            need_x, need_w, need_b)

@@ -11,8 +11,7 @@ from .._dispatch import get_kernel, has_kernel, resolve
 from ..composite._common import out_format
 from ..reference.gated_conv import ACTIVATIONS
 from ._register import conv_out_size, empty_like_format
-from .partial_conv import (check_conv_args, check_mask, conv_dtypes, partial_conv2d_backward_op,
-                           partial_conv2d_op)
+from .partial_conv import check_conv_args, check_mask, conv_dtypes, partial_conv2d_op
 
 
 @torch.library.custom_op("mdrnet_fast::gated_activation", mutates_args=())
@@ -70,6 +69,28 @@ def _(x, mask, weight, bias, stride, padding, dilation, groups, activation, nega
             empty_like_format(x, (b, c2, ho, wo)), x.new_empty((b, 1, ho, wo), dtype=acc))
 
 
+@torch.library.custom_op("mdrnet_fast::gated_partial_conv2d_backward", mutates_args=())
+def gated_partial_conv2d_backward_op(grad_out: Tensor, x: Tensor, mask: Tensor, weight: Tensor, grad_scale: Tensor,
+                                     new_mask: Tensor, y: Tensor, stride: List[int], padding: List[int],
+                                     dilation: List[int], groups: int, activation: str, negative_slope: float,
+                                     need_x: bool, need_w: bool, need_b: bool,
+                                     backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(gx, gw, gb) of the gated partial conv; backends may form the gating's gradient inside their loads."""
+    gx, gw, gb = get_kernel("gated_partial_conv2d.backward", backend)(
+        grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation,
+        negative_slope, need_x, need_w, need_b)
+    # unneeded gradients come back as distinct empty tensors (a custom op returns no aliases)
+    return (gx if need_x else x.new_empty(0)), (gw if need_w else weight.new_empty(0)), (gb if need_b else x.new_empty(0))
+
+
+@gated_partial_conv2d_backward_op.register_fake
+def _(grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation,
+      negative_slope, need_x, need_w, need_b, backend):
+    return (empty_like_format(x, x.shape) if need_x else x.new_empty(0),
+            weight.new_empty(weight.shape) if need_w else weight.new_empty(0),
+            x.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
+
+
 def _gpc_setup_context(ctx, inputs, output):
     x, mask, weight, bias, stride, padding, dilation, groups, activation, negative_slope, backend = inputs
     _, new_mask, y, grad_scale = output
@@ -83,10 +104,9 @@ def _gpc_backward(ctx, grad_out, _grad_new_mask, _grad_y, _grad_scale):
     x, mask, weight, grad_scale, new_mask, y = ctx.saved_tensors
     stride, padding, dilation, groups, activation, negative_slope, backend = ctx.args
     need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
-    grad_y = gated_activation_backward_op(grad_out.contiguous(memory_format=out_format(x)), y, activation,
-                                          negative_slope, backend)
-    gx, gw, gb = partial_conv2d_backward_op(grad_y, x, mask, weight, grad_scale, new_mask, stride, padding, dilation,
-                                            groups, need_x, need_w, need_b, backend)
+    gx, gw, gb = gated_partial_conv2d_backward_op(grad_out.contiguous(memory_format=out_format(x)), x, mask, weight,
+                                                  grad_scale, new_mask, y, stride, padding, dilation, groups,
+                                                  activation, negative_slope, need_x, need_w, need_b, backend)
     return (gx if need_x else None, None, gw if need_w else None, gb if need_b else None,
             None, None, None, None, None, None, None)
 

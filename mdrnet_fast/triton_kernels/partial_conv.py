@@ -187,13 +187,43 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
 
 
 @triton.jit
-def _dx_kernel(go_ptr, gs_ptr, w_ptr, m_ptr, gx_ptr,
-               MX, HW, W, Ho, Wo, CG_IN, CG_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW,
-               sgb, sgc, sgh, sgw, swo, swi, swh, sww, smb, smc, smh, smw, sxb, sxc, sxh, sxw,
+def _gated_grad(go_ptr, y_ptr, b, c2, oh, ow, ok, C_HALF, sgb, sgc, sgh, sgw, syb, syc, syh, syw,
+                ACT: tl.constexpr, SLOPE: tl.constexpr, ACC: tl.constexpr):
+    """d loss / d y[b, c2, oh, ow] of out = act(y[:, :C]) * sigmoid(y[:, C:]), formed as it is loaded (the
+    gated backward never stores it): channel c2 < C_HALF is a feature, the others gates. Broadcast shapes."""
+    gate = c2 >= C_HALF
+    c = tl.where(gate, c2 - C_HALF, c2)
+    go = tl.load(go_ptr + b * sgb + c * sgc + oh * sgh + ow * sgw, mask=ok, other=0.0).to(ACC)
+    f = tl.load(y_ptr + b * syb + c * syc + oh * syh + ow * syw, mask=ok, other=0.0).to(ACC)
+    g = tl.load(y_ptr + b * syb + (c + C_HALF) * syc + oh * syh + ow * syw, mask=ok, other=0.0).to(ACC)
+    sg = 1.0 / (1.0 + tl.exp(-g))
+    one = tl.full(f.shape, 1.0, ACC)
+    if ACT == 1:  # elu; the min keeps the unused branch finite
+        e = tl.exp(tl.minimum(f, 0.0))
+        a = tl.where(f > 0, f, e - 1.0)
+        da = tl.where(f > 0, one, e)
+    elif ACT == 2:  # leaky_relu
+        a = tl.where(f > 0, f, f * SLOPE)
+        da = tl.where(f > 0, one, tl.full(f.shape, SLOPE, ACC))
+    elif ACT == 3:  # relu
+        a = tl.maximum(f, 0.0)
+        da = tl.where(f > 0, one, 0.0 * one)
+    else:
+        a = f
+        da = one
+    return tl.where(gate, go * a * sg * (1.0 - sg), go * sg * da)
+
+
+@triton.jit
+def _dx_kernel(go_ptr, gs_ptr, w_ptr, m_ptr, gx_ptr, y_ptr,
+               MX, HW, W, Ho, Wo, CG_IN, CG_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, C_HALF,
+               sgb, sgc, sgh, sgw, swo, swi, swh, sww, smb, smc, smh, smw, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
                MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr,
+               GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """gx[b, ci, ih, iw] = mask * sum_{co, r, s} grad_raw[b, co, oh, ow] * w[co, ci, r, s], with
-    oh = (ih + PH - r*DH) / SH (exact division only), ow likewise."""
+    oh = (ih + PH - r*DH) / SH (exact division only), ow likewise. GATED (groups == 1): grad_raw's channels
+    are y's 2*C_HALF and its gradient is formed from grad_out (C_HALF channels) and y as it is loaded."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     n_tiles = tl.cdiv(CG_IN, BLOCK_N)
@@ -225,8 +255,12 @@ def _dx_kernel(go_ptr, gs_ptr, w_ptr, m_ptr, gx_ptr,
         ow = twc // SW
         ok = (m_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0) & (thc - oh * SH == 0)
               & (twc - ow * SW == 0) & (oh < Ho) & (ow < Wo))
-        gov = tl.load(go_ptr + b[:, None] * sgb + (g * CG_OUT + co)[None, :] * sgc + oh * sgh + ow * sgw,
-                      mask=ok, other=0.0)
+        if GATED:
+            gov = _gated_grad(go_ptr, y_ptr, b[:, None], co[None, :], oh, ow, ok, C_HALF, sgb, sgc, sgh, sgw,
+                              syb, syc, syh, syw, ACT, SLOPE, ACC)
+        else:
+            gov = tl.load(go_ptr + b[:, None] * sgb + (g * CG_OUT + co)[None, :] * sgc + oh * sgh + ow * sgw,
+                          mask=ok, other=0.0)
         gsv = tl.load(gs_ptr + b[:, None] * (Ho * Wo) + oh * Wo + ow, mask=ok, other=0.0)
         wv = tl.load(w_ptr + ((g * CG_OUT + co) * swo + r * swh + s * sww)[:, None] + offs_n[None, :] * swi,
                      mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -248,14 +282,15 @@ def _dx_kernel(go_ptr, gs_ptr, w_ptr, m_ptr, gx_ptr,
 
 
 @triton.jit
-def _dw_kernel(go_ptr, gs_ptr, nm_ptr, x_ptr, m_ptr, gw_ptr, gb_ptr,
-               M, HoWo, Wo, H, W, CG_IN, CG_OUT, C_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, CHUNKS,
-               sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, smb, smc, smh, smw,
+def _dw_kernel(go_ptr, gs_ptr, nm_ptr, x_ptr, m_ptr, gw_ptr, gb_ptr, y_ptr,
+               M, HoWo, Wo, H, W, CG_IN, CG_OUT, C_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, CHUNKS, C_HALF,
+               sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, smb, smc, smh, smw, syb, syc, syh, syw,
                NEED_W: tl.constexpr, NEED_B: tl.constexpr, MC: tl.constexpr, NM_MC: tl.constexpr, LOWP: tl.constexpr,
-               ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+               ACC: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Program (tile, g, split) sums M-chunks [split*CHUNKS, (split+1)*CHUNKS) into
     gw[split, co, k] (co in the tile's C_out block of group g, k in its K block) and, for K block 0,
-    gb[split, co] = sum grad_out * new_mask."""
+    gb[split, co] = sum grad_out * new_mask. GATED: grad_out is formed from the gating's as in _dx_kernel."""
     tile = tl.program_id(0)
     g = tl.program_id(1)
     sp = tl.program_id(2)
@@ -282,8 +317,12 @@ def _dw_kernel(go_ptr, gs_ptr, nm_ptr, x_ptr, m_ptr, gw_ptr, gb_ptr,
         oh = q // Wo
         ow = q % Wo
         ok_g = m_ok[:, None] & n_ok[None, :]
-        gov = tl.load(go_ptr + (b * sgb + oh * sgh + ow * sgw)[:, None] + co[None, :] * sgc,
-                      mask=ok_g, other=0.0).to(ACC)
+        if GATED:
+            gov = _gated_grad(go_ptr, y_ptr, b[:, None], co[None, :], oh[:, None], ow[:, None], ok_g, C_HALF,
+                              sgb, sgc, sgh, sgw, syb, syc, syh, syw, ACT, SLOPE, ACC)
+        else:
+            gov = tl.load(go_ptr + (b * sgb + oh * sgh + ow * sgw)[:, None] + co[None, :] * sgc,
+                          mask=ok_g, other=0.0).to(ACC)
         if NEED_W:
             gsv = tl.load(gs_ptr + offs_m, mask=m_ok, other=0.0).to(ACC)
             ih = (oh * SH - PH)[:, None] + (r * DH)[None, :]
@@ -457,6 +496,27 @@ def _dw_blocks(m_size, cg_out, kg, dtype):
 @no_autocast
 def backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
              need_x, need_w, need_b):
+    return _backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
+                     need_x, need_w, need_b)
+
+
+@register_kernel("gated_partial_conv2d.backward", "triton")
+@no_autocast
+def gated_backward(grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups,
+                   activation, negative_slope, need_x, need_w, need_b):
+    """The gating's derivative is formed inside the dx / dW loads from grad_out and y (groups == 1); with
+    groups the gated gradient is computed first (its feature and gate channels lie in different groups)."""
+    if groups != 1:
+        from . import gated_activation
+        grad_y = gated_activation.backward(grad_out, y, activation, negative_slope)
+        return _backward(grad_y, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
+                         need_x, need_w, need_b)
+    return _backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
+                     need_x, need_w, need_b, gated=(y, activation, negative_slope))
+
+
+def _backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
+              need_x, need_w, need_b, gated=None):
     b, c_in, h, w, kh, kw, ho, wo = _geometry(x, weight, stride, padding, dilation)
     c_out = weight.shape[0]
     cg_in, cg_out = c_in // groups, c_out // groups
@@ -464,14 +524,22 @@ def backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, d
     ints = _conv_ints(kh, kw, stride, padding, dilation)
     lowp = _lowp(x.dtype)
     grad_scale, new_mask = grad_scale.contiguous(), new_mask.contiguous()
+    if gated is not None:   # grad_out is the gating's (C_out / 2 channels), y the conv output it gates
+        y, activation, slope = gated
+        gate_args, gate_consts = (y, c_out // 2), dict(GATED=True, ACT=_ACT[activation], SLOPE=float(slope))
+        y_strides = y.stride()
+    else:
+        gate_args, gate_consts = (grad_out, 0), dict(GATED=False, ACT=0, SLOPE=0.0)
+        y_strides = grad_out.stride()
     gx = gw = gb = None
     if need_x:
         gx = out_buffer(x.shape, x.dtype, x.device, out_format(x))
         m_size = b * h * w
         if m_size and c_in:
-            args = (grad_out, grad_scale, weight, mask, gx, m_size, h * w, w, ho, wo, cg_in, cg_out,
-                    cg_out * kh * kw, *ints, *grad_out.stride(), *weight.stride(), *mask.stride(), *gx.stride())
-            consts = dict(MC=mask.shape[1] != 1, LOWP=lowp, ACC=acc_tl(x.dtype))
+            args = (grad_out, grad_scale, weight, mask, gx, gate_args[0], m_size, h * w, w, ho, wo, cg_in, cg_out,
+                    cg_out * kh * kw, *ints, gate_args[1], *grad_out.stride(), *weight.stride(), *mask.stride(),
+                    *gx.stride(), *y_strides)
+            consts = dict(MC=mask.shape[1] != 1, LOWP=lowp, ACC=acc_tl(x.dtype), **gate_consts)
             _launch_gemm(_dx_kernel, m_size, cg_in, cg_out * kh * kw, groups, x.dtype, args, consts)
         gx = finish(gx, x.dtype)
     if need_w or need_b:
@@ -489,14 +557,14 @@ def backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, d
         gw_part = torch.zeros((split, c_out, kg) if need_w else (1,), dtype=acc, device=x.device)
         gb_part = torch.zeros((split, c_out) if need_b else (1,), dtype=acc, device=x.device)
         _dw_kernel[(n_tiles * k_tiles, groups, split)](
-            grad_out, grad_scale, new_mask, x, mask, gw_part, gb_part,
-            m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, kg, *ints, per,
-            *grad_out.stride(), *x.stride(), *mask.stride(),
-            NEED_W=bool(need_w), NEED_B=bool(need_b), MC=mask.shape[1] != 1, NM_MC=new_mask.shape[1] != 1, LOWP=lowp, ACC=acc_tl(x.dtype),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+            grad_out, grad_scale, new_mask, x, mask, gw_part, gb_part, gate_args[0],
+            m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, kg, *ints, per, gate_args[1],
+            *grad_out.stride(), *x.stride(), *mask.stride(), *y_strides,
+            NEED_W=bool(need_w), NEED_B=bool(need_b), MC=mask.shape[1] != 1, NM_MC=new_mask.shape[1] != 1,
+            LOWP=lowp, ACC=acc_tl(x.dtype), **gate_consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
         if need_w:
             gw = (gw_part[0] if split == 1 else gw_part.sum(0)).view(c_out, cg_in, kh, kw).to(weight.dtype)
         if need_b:
-            gb = (gb_part[0] if split == 1 else gb_part.sum(0)).to(grad_out.dtype)
+            gb = (gb_part[0] if split == 1 else gb_part.sum(0)).to(x.dtype)
     return gx, gw, gb
 
