@@ -22,8 +22,11 @@ def no_autocast(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         devices = {a.device.type for a in args if isinstance(a, torch.Tensor)}
+        active = [d for d in devices if torch.is_autocast_enabled(d)]
+        if not active:  # the common case: no context to enter (it costs more than a small kernel)
+            return fn(*args, **kwargs)
         with contextlib.ExitStack() as stack:
-            for d in devices:
+            for d in active:
                 stack.enter_context(torch.autocast(d, enabled=False))
             return fn(*args, **kwargs)
 
