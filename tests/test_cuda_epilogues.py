@@ -138,7 +138,10 @@ def test_epilogue_forward(dtype, raw_layout, geom, multi_channel, with_bias, sof
     assert (msum == 0).any(), "the test must contain all-hole windows"
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert out.dtype == dtype and nm.dtype == dtype and gs.dtype == acc
-    assert nm.is_contiguous() and gs.is_contiguous() and gs.shape == (B, 1, ho, wo)
+    assert gs.is_contiguous() and gs.shape == (B, 1, ho, wo)
+    # the cpu kernel's contract: a multi-channel new mask in raw's layout, else NCHW
+    nm_cl = multi_channel and raw_layout == "channels_last"
+    assert nm.is_contiguous(memory_format=torch.channels_last if nm_cl else torch.contiguous_format)
     if raw_layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
     else:
@@ -170,6 +173,9 @@ def test_epilogue_backward(dtype, go_layout, cn, shape):
     # deterministic: the same bits every run
     gr2, gb2 = CC.partial_conv_epilogue_backward(go, gs, nm, True)
     assert torch.equal(gb, gb2) and torch.equal(gr, gr2)
+    # a channels_last new mask (the forward's for channels_last raw) is read in place: the same bits
+    _, gb4 = CC.partial_conv_epilogue_backward(go, gs, nm.contiguous(memory_format=torch.channels_last), True)
+    assert torch.equal(gb4, gb)
     gr3, gb3 = CC.partial_conv_epilogue_backward(go, gs, torch.empty(0, device=DEV), False)
     assert gb3 is None and torch.equal(gr3, gr)
 

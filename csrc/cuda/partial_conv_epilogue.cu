@@ -6,7 +6,8 @@
 //   1. window kernel, one thread per output pixel (b, oh, ow): the channel-summed mask over the dilated
 //      kh x kw window, by direct summation (Cm * kh * kw loads, read through the mask's own strides, so a
 //      batch-expanded mask is not copied; adjacent threads read adjacent columns). From msum: new mask
-//      (all Cn channels), ratio, grad_scale, and ratio / new mask in an fp32 (fp64) scratch for kernel 2.
+//      (all Cn channels; channels_last when multi-channel and raw is, as on CPU), ratio, grad_scale, and
+//      ratio / new mask in an fp32 (fp64) scratch for kernel 2.
 //   2. element kernel over raw in its memory order (NCHW or channels_last; other strides are copied
 //      first): out = (raw * ratio + bias) * new_mask, or raw * ratio without bias.
 // Backward: grad_raw = grad_out * grad_scale (element kernel), and the bias gradient
@@ -93,9 +94,9 @@ __device__ __forceinline__ A window_sum(const scalar_t* __restrict__ mask, int64
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) window_kernel(
     const scalar_t* __restrict__ mask, int64_t msb, int64_t msc, int64_t msh, int64_t msw, int64_t Cm, int64_t H,
-    int64_t W, Geom g, int64_t B, int64_t Wo, int64_t HoWo, int64_t Cn, acc_t<scalar_t> wsz, bool has_bias,
-    scalar_t* __restrict__ new_mask, acc_t<scalar_t>* __restrict__ grad_scale, acc_t<scalar_t>* __restrict__ ratio,
-    acc_t<scalar_t>* __restrict__ nm) {
+    int64_t W, Geom g, int64_t B, int64_t Wo, int64_t HoWo, int64_t Cn, int64_t nsc, int64_t nsp,
+    acc_t<scalar_t> wsz, bool has_bias, scalar_t* __restrict__ new_mask, acc_t<scalar_t>* __restrict__ grad_scale,
+    acc_t<scalar_t>* __restrict__ ratio, acc_t<scalar_t>* __restrict__ nm) {
   using A = acc_t<scalar_t>;
   const int64_t n = B * HoWo;
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < n;
@@ -110,8 +111,8 @@ __global__ void __launch_bounds__(kThreads) window_kernel(
     nm[q] = v;
     grad_scale[q] = has_bias ? rt * v : rt;
     const scalar_t vs = static_cast<scalar_t>(v);
-    scalar_t* dst = new_mask + b * Cn * HoWo + p;
-    for (int64_t c = 0; c < Cn; ++c) dst[c * HoWo] = vs;
+    scalar_t* dst = new_mask + b * Cn * HoWo + p * nsp;  // (nsc, nsp): (HoWo, 1) NCHW, (1, Cn) channels_last
+    for (int64_t c = 0; c < Cn; ++c) dst[c * nsc] = vs;
   }
 }
 
@@ -177,11 +178,11 @@ __global__ void __launch_bounds__(kThreads) grad_raw_kernel(
 
 // Bias gradient, pass 1, NCHW grad_out. Block t = co * nchunks + ch reduces the values r in
 // [ch * kNchwChunk, ...) of the flattened (b, pixel) axis (r = b * HoWo + p) of channel co.
-// new_mask is NCHW (B, Cn, Ho, Wo), Cn == 1 or Co.
+// new_mask (B, Cn, Ho, Wo), Cn == 1 or Co, dense: element (b, c, p) at b * Cn * HoWo + c * nsc + p * nsp.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kNchwTP) bias_partial_nchw_kernel(
     const scalar_t* __restrict__ go, const scalar_t* __restrict__ nmask, acc_t<scalar_t>* __restrict__ partial,
-    int64_t Co, int64_t HoWo, int64_t Cn, int64_t R, int64_t nchunks) {
+    int64_t Co, int64_t HoWo, int64_t Cn, int64_t nsc, int64_t nsp, int64_t R, int64_t nchunks) {
   using A = acc_t<scalar_t>;
   __shared__ A sh[kNchwTP];
   const int64_t t = blockIdx.x;
@@ -192,7 +193,7 @@ __global__ void __launch_bounds__(kNchwTP) bias_partial_nchw_kernel(
   A s = A(0);
   for (int64_t r = r0 + threadIdx.y; r < r1; r += kNchwTP) {
     const int64_t b = r / HoWo, p = r % HoWo;
-    s += static_cast<A>(go[(b * Co + co) * HoWo + p]) * static_cast<A>(nmask[(b * Cn + cm) * HoWo + p]);
+    s += static_cast<A>(go[(b * Co + co) * HoWo + p]) * static_cast<A>(nmask[b * Cn * HoWo + cm * nsc + p * nsp]);
   }
   s = column_sum<A, 1, kNchwTP>(s, sh);
   if (threadIdx.y == 0) partial[co * nchunks + ch] = s;
@@ -203,7 +204,7 @@ __global__ void __launch_bounds__(kNchwTP) bias_partial_nchw_kernel(
 template <typename scalar_t>
 __global__ void __launch_bounds__(kClTC * kClTP) bias_partial_cl_kernel(
     const scalar_t* __restrict__ go, const scalar_t* __restrict__ nmask, acc_t<scalar_t>* __restrict__ partial,
-    int64_t Co, int64_t HoWo, int64_t Cn, int64_t R, int64_t nchunks) {
+    int64_t Co, int64_t HoWo, int64_t Cn, int64_t nsc, int64_t nsp, int64_t R, int64_t nchunks) {
   using A = acc_t<scalar_t>;
   __shared__ A sh[kClTC * kClTP];
   const int64_t t = blockIdx.x;
@@ -215,7 +216,7 @@ __global__ void __launch_bounds__(kClTC * kClTP) bias_partial_cl_kernel(
   A s = A(0);
   if (valid) {
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kClTP) {
-      const int64_t nm_off = Cn == 1 ? r : ((r / HoWo) * Cn + co) * HoWo + r % HoWo;
+      const int64_t nm_off = Cn == 1 ? r : (r / HoWo) * Cn * HoWo + co * nsc + (r % HoWo) * nsp;
       s += static_cast<A>(go[r * Co + co]) * static_cast<A>(nmask[nm_off]);
     }
   }
@@ -287,7 +288,12 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw_in, 
   const int64_t Cn = multi_channel ? Co : 1;
   const auto acc = pconv::acc_dtype(raw.scalar_type());
   at::Tensor out = at::empty_like(raw);  // dense raw: same strides (NCHW or channels_last)
-  at::Tensor new_mask = at::empty({B, Cn, Ho, Wo}, raw.options());
+  // as the CPU kernel: a multi-channel new mask in raw's layout (NCHW or channels_last)
+  const bool nm_cl = multi_channel && Co > 1 && layout == 1;
+  at::Tensor new_mask = at::empty(
+      {B, Cn, Ho, Wo},
+      raw.options().memory_format(nm_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const int64_t nsc = nm_cl ? 1 : HoWo, nsp = nm_cl ? Cn : 1;
   at::Tensor grad_scale = at::empty({B, 1, Ho, Wo}, raw.options().dtype(acc));
   if (B * HoWo == 0) return {out, new_mask, grad_scale};
   at::Tensor scratch = at::empty({2, B * HoWo}, raw.options().dtype(acc));  // ratio, new mask (acc dtype)
@@ -299,7 +305,7 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw_in, 
     A* nm = ratio + B * HoWo;
     pconv::window_kernel<scalar_t><<<blocks_for(B * HoWo, pconv::kThreads), pconv::kThreads, 0, stream>>>(
         mask.const_data_ptr<scalar_t>(), mask.stride(0), mask.stride(1), mask.stride(2), mask.stride(3), Cm, H, W, g,
-        B, Wo, HoWo, Cn, static_cast<A>(winsize), bias.defined(), new_mask.mutable_data_ptr<scalar_t>(),
+        B, Wo, HoWo, Cn, nsc, nsp, static_cast<A>(winsize), bias.defined(), new_mask.mutable_data_ptr<scalar_t>(),
         grad_scale.mutable_data_ptr<A>(), ratio, nm);
     MDR_LAUNCH_CHECK();
     const int64_t n = raw.numel();
@@ -342,10 +348,11 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_ou
                     new_mask_in.size(2) == Ho && new_mask_in.size(3) == Wo,
                 "new_mask must have shape (B, 1 or Co, Ho, Wo) = (", B, ", 1 or ", Co, ", ", Ho, ", ", Wo,
                 "), got ", new_mask_in.sizes());
-    new_mask = new_mask_in.contiguous();
+    new_mask = new_mask_in;  // NCHW or channels_last read in place (other layouts are copied)
   }
 
   c10::cuda::CUDAGuard guard(grad_out_in.device());
+  const bool nm_cl = need_bias_grad && pconv::normalise_layout(new_mask) == 1 && new_mask.size(1) > 1;
   at::Tensor grad_out = grad_out_in;
   const int layout = pconv::normalise_layout(grad_out);
   const at::Tensor grad_scale = grad_scale_in.contiguous();
@@ -375,6 +382,7 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_ou
 
     const int64_t R = B * HoWo;  // > 0 here
     const int64_t Cn = new_mask.size(1);
+    const int64_t nsc = nm_cl ? 1 : HoWo, nsp = nm_cl ? Cn : 1;
     const scalar_t* nmp = new_mask.const_data_ptr<scalar_t>();
     const int64_t chunk = layout == 1 ? pconv::kClChunk : pconv::kNchwChunk;
     const int64_t nchunks = (R + chunk - 1) / chunk;
@@ -385,12 +393,12 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_ou
       const int64_t nblocks = tiles * nchunks;
       TORCH_CHECK(nblocks <= 0x7fffffffLL, "partial_conv_epilogue_backward: too many blocks (", nblocks, ")");
       pconv::bias_partial_cl_kernel<scalar_t><<<static_cast<unsigned int>(nblocks), dim3(pconv::kClTC, pconv::kClTP), 0, stream>>>(
-          go, nmp, pp, Co, HoWo, Cn, R, nchunks);
+          go, nmp, pp, Co, HoWo, Cn, nsc, nsp, R, nchunks);
     } else {
       const int64_t nblocks = Co * nchunks;
       TORCH_CHECK(nblocks <= 0x7fffffffLL, "partial_conv_epilogue_backward: too many blocks (", nblocks, ")");
       pconv::bias_partial_nchw_kernel<scalar_t><<<static_cast<unsigned int>(nblocks), dim3(1, pconv::kNchwTP), 0, stream>>>(
-          go, nmp, pp, Co, HoWo, Cn, R, nchunks);
+          go, nmp, pp, Co, HoWo, Cn, nsc, nsp, R, nchunks);
     }
     MDR_LAUNCH_CHECK();
     TORCH_CHECK(Co <= 0x7fffffffLL, "partial_conv_epilogue_backward: too many channels (", Co, ")");

@@ -17,7 +17,7 @@ def forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_chan
         raw, mask, bias, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         winsize, multi_channel)
     fmt = out_format(x)
-    # the kernel writes a multi-channel new mask NCHW; the op's contract is x's layout
+    # the kernel writes a multi-channel new mask in raw's layout (as the cpu one); the op's contract is x's
     return (out.contiguous(memory_format=fmt),
             new_mask.contiguous(memory_format=fmt) if multi_channel else new_mask, grad_scale)
 
