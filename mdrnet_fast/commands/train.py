@@ -180,11 +180,12 @@ def run(args) -> int:
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
+    # foreach: one multi-tensor Adam step (torch picks the per-parameter loop on CPU; measured ~5 % of a step)
+    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99), foreach=True)
     critic_opt = None
     if critic is not None:
         critic.to(device, memory_format=fmt)
-        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=(0.9, 0.99))
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=(0.9, 0.99), foreach=True)
     criterion = None
     if args.stage == "full":
         vgg = VGG19Features.from_file(args.vgg_weights).to(device) if args.vgg_weights else None
