@@ -2,7 +2,8 @@
 
 Elements are enumerated in the output's memory order (NCHW or channels_last, as `out_format` declares), so
 stores are contiguous; every input is addressed through its own strides, so any layout works.
-Helpers are inlined by hand: under the interpreter every nested jit call costs milliseconds.
+The index math is inlined by hand: under the interpreter every nested jit call costs milliseconds (the
+activation, shared with the gated partial conv, is one call per program).
 """
 import torch
 import triton
@@ -10,7 +11,7 @@ import triton.language as tl
 
 from .._dispatch import register_kernel
 from ..composite._common import no_autocast, out_format
-from ._common import acc_tl, finish, out_buffer
+from ._common import acc_tl, finish, gated_act, out_buffer
 
 _ACT = {"none": 0, "elu": 1, "leaky_relu": 2, "relu": 3}
 BLOCK = 1024
@@ -57,20 +58,7 @@ def _gated_kernel(go_ptr, y_ptr, out_ptr, total, C, HW, W,
     f = tl.load(y_ptr + y_off, mask=mask, other=0.0).to(ACC)
     g = tl.load(y_ptr + g_off, mask=mask, other=0.0).to(ACC)
     s = 1.0 / (1.0 + tl.exp(-g))
-    one = tl.full(f.shape, 1.0, ACC)
-    if ACT == 1:  # elu; the min keeps the unused branch finite
-        e = tl.exp(tl.minimum(f, 0.0))
-        a = tl.where(f > 0, f, e - 1.0)
-        da = tl.where(f > 0, one, e)
-    elif ACT == 2:  # leaky_relu
-        a = tl.where(f > 0, f, f * SLOPE)
-        da = tl.where(f > 0, one, tl.full(f.shape, SLOPE, ACC))
-    elif ACT == 3:  # relu
-        a = tl.maximum(f, 0.0)
-        da = tl.where(f > 0, one, 0.0 * one)
-    else:
-        a = f
-        da = one
+    a, da = gated_act(f, ACT, SLOPE, ACC)
     if BACKWARD:
         go = tl.load(go_ptr + go_off, mask=mask, other=0.0).to(ACC)
         tl.store(out_ptr + gy_off, (go * s * da).to(out_ptr.dtype.element_ty), mask=mask)

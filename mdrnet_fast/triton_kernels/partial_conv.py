@@ -53,7 +53,7 @@ import triton.language as tl
 from .._dispatch import register_kernel, triton_interpreter
 from ..composite._common import acc_dtype, no_autocast, out_format
 from ..reference.partial_conv import MASK_EPS
-from ._common import acc_tl, finish, out_buffer, pow2, target_programs
+from ._common import acc_tl, finish, gated_act, out_buffer, pow2, target_programs
 
 
 # ------------------------------------------------------------------ kernels
@@ -167,13 +167,8 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
         f = out.to(y_ptr.dtype.element_ty).to(ACC)
         gt = gate.to(y_ptr.dtype.element_ty).to(ACC)
         sig = 1.0 / (1.0 + tl.exp(-gt))
-        if ACT == 1:  # elu; the min keeps the unused branch finite
-            f = tl.where(f > 0, f, tl.exp(tl.minimum(f, 0.0)) - 1.0)
-        elif ACT == 2:  # leaky_relu
-            f = tl.where(f > 0, f, f * SLOPE)
-        elif ACT == 3:  # relu
-            f = tl.maximum(f, 0.0)
-        out = f * sig
+        act, _ = gated_act(f, ACT, SLOPE, ACC)
+        out = act * sig
     tl.store(out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + co[None, :] * soc,
              out.to(out_ptr.dtype.element_ty), mask=ok2)
     if MC:
@@ -197,20 +192,7 @@ def _gated_grad(go_ptr, y_ptr, b, c2, oh, ow, ok, C_HALF, sgb, sgc, sgh, sgw, sy
     f = tl.load(y_ptr + b * syb + c * syc + oh * syh + ow * syw, mask=ok, other=0.0).to(ACC)
     g = tl.load(y_ptr + b * syb + (c + C_HALF) * syc + oh * syh + ow * syw, mask=ok, other=0.0).to(ACC)
     sg = 1.0 / (1.0 + tl.exp(-g))
-    one = tl.full(f.shape, 1.0, ACC)
-    if ACT == 1:  # elu; the min keeps the unused branch finite
-        e = tl.exp(tl.minimum(f, 0.0))
-        a = tl.where(f > 0, f, e - 1.0)
-        da = tl.where(f > 0, one, e)
-    elif ACT == 2:  # leaky_relu
-        a = tl.where(f > 0, f, f * SLOPE)
-        da = tl.where(f > 0, one, tl.full(f.shape, SLOPE, ACC))
-    elif ACT == 3:  # relu
-        a = tl.maximum(f, 0.0)
-        da = tl.where(f > 0, one, 0.0 * one)
-    else:
-        a = f
-        da = one
+    a, da = gated_act(f, ACT, SLOPE, ACC)
     return tl.where(gate, go * a * sg * (1.0 - sg), go * sg * da)
 
 
