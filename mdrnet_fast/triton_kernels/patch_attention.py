@@ -57,6 +57,13 @@ def _patch_offsets(idx, valid, C, H, W, NPW, P: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def _load_patches(ptr, b, idx, valid, C, H, W, NPW, P: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr):
+    """The [len(idx), D] tile of patches `idx` of map b of a (B, C, H, W) tensor, zero-padded, in ACC."""
+    c, pix, m = _patch_offsets(idx, valid, C, H, W, NPW, P, D)
+    return tl.load(ptr + b * C * H * W + c[None, :] + pix, mask=m, other=0.0).to(ACC)
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_ptr, Ck, Cv, H, W, NPW, N,
                 SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -67,8 +74,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_pt
     rows = m0 + tl.arange(0, BLOCK_M)
     rvalid = rows < cnt
     qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
-    qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
-    q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
+    q = _load_patches(q_ptr, b, qidx, rvalid, Ck, H, W, NPW, P, DK, ACC)
     m_i = tl.full([BLOCK_M], -float("inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
     acc = tl.zeros([BLOCK_M, DV], ACC)
@@ -76,10 +82,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_pt
     for n0 in range(0, kv_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cvalid = cols < N
-        kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
-        k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
-        vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
-        v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+        k = _load_patches(k_ptr, b, cols, cvalid, Ck, H, W, NPW, P, DK, ACC)
+        v = _load_patches(v_ptr, b, cols, cvalid, Cv, H, W, NPW, P, DV, ACC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
         s = tl.where(cvalid[None, :], s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))     # finite: column n0 is a real key
@@ -125,10 +129,8 @@ def _bwd_dq_kernel(go_ptr, o_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_pt
     for n0 in range(0, kv_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cvalid = cols < N
-        kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
-        k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
-        vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
-        v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+        k = _load_patches(k_ptr, b, cols, cvalid, Ck, H, W, NPW, P, DK, ACC)
+        v = _load_patches(v_ptr, b, cols, cvalid, Cv, H, W, NPW, P, DV, ACC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
         pr = tl.where(cvalid[None, :], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
@@ -160,8 +162,7 @@ def _bwd_dkdv_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, ls
         rows = m0 + tl.arange(0, BLOCK_M)
         rvalid = rows < cnt
         qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
-        qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
-        q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
+        q = _load_patches(q_ptr, b, qidx, rvalid, Ck, H, W, NPW, P, DK, ACC)
         oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
         keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
         do = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC) * keep
