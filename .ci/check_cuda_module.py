@@ -1,7 +1,7 @@
 """Imports a built mdrnet_fast._C_cuda from its file (without importing the mdrnet_fast package, whose
 dependencies the CUDA build venv lacks) and checks that it has every function the `cuda` backend's Python
-wrappers call (`_C_cuda.NAME(` in mdrnet_fast/cuda_kernels/*.py) and that it was built for the
-requested architectures. Needs no GPU. Usage: python .ci/check_cuda_module.py PATH/_C_cuda...so"""
+wrappers call (`_C_cuda.NAME(` in mdrnet_fast/cuda_kernels/*.py) and every function register_cuda.cpp binds,
+and that it was built for the requested architectures. Needs no GPU. Usage: python .ci/check_cuda_module.py PATH/_C_cuda...so"""
 import glob
 import importlib.util
 import os
@@ -15,10 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def expected_functions():
+    """Every function the wrappers call (`_C_cuda.NAME(`) and every one register_cuda.cpp binds (`m.def("NAME"`;
+    shared wrappers such as composite.partial_conv.around_library_conv take the module as an argument)."""
     names = set()
     for path in glob.glob(os.path.join(ROOT, "mdrnet_fast", "cuda_kernels", "*.py")):
         with open(path) as f:
             names |= set(re.findall(r"\b_C_cuda\.([A-Za-z_]\w*)\(", f.read()))
+    with open(os.path.join(ROOT, "csrc", "cuda", "register_cuda.cpp")) as f:
+        names |= set(re.findall(r'm\.def\("([A-Za-z_]\w*)"', f.read()))
     return sorted(names)
 
 
@@ -46,7 +50,8 @@ def main(path):
     if not want:
         sys.exit("check_cuda_module: found no _C_cuda.NAME( call in mdrnet_fast/cuda_kernels/*.py")
     if missing:
-        sys.exit(f"check_cuda_module: functions called by mdrnet_fast/cuda_kernels but missing: {missing}")
+        sys.exit(f"check_cuda_module: functions called by mdrnet_fast/cuda_kernels or bound in register_cuda.cpp "
+                 f"but missing: {missing}")
     # the device code for every requested architecture is in the binary
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     wanted_sm = sorted({"sm_" + a.strip().replace(".", "").replace("+PTX", "") for a in re.split(r"[;, ]", archs) if a.strip()})

@@ -22,6 +22,31 @@ def conv_raw_backward(grad_raw, x, mask, weight, stride, padding, dilation, grou
     return gx, (gw.contiguous() if need_w else None)
 
 
+def around_library_conv(ext):
+    """(forward, backward) kernels that run the library convolution (oneDNN / cuDNN) and the fused epilogues
+    of a compiled extension `ext` (mdrnet_fast._C or _C_cuda: partial_conv_epilogue_forward / _backward)."""
+
+    def forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel):
+        raw = conv_raw(x, mask, weight, stride, padding, dilation, groups)
+        kh, kw = weight.shape[-2:]
+        winsize = float(kh * kw * (x.shape[1] if multi_channel else 1))
+        out, new_mask, grad_scale = ext.partial_conv_epilogue_forward(
+            raw, mask, bias, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            winsize, multi_channel)
+        fmt = out_format(x)
+        # raw (the library's output) normally has x's layout already; then these are no-ops
+        return (out.contiguous(memory_format=fmt),
+                new_mask.contiguous(memory_format=fmt) if multi_channel else new_mask, grad_scale)
+
+    def backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups,
+                 need_x, need_w, need_b):
+        grad_raw, grad_bias = ext.partial_conv_epilogue_backward(grad_out, grad_scale, new_mask, need_b)
+        gx, gw = conv_raw_backward(grad_raw, x, mask, weight, stride, padding, dilation, groups, need_x, need_w)
+        return gx, gw, (grad_bias if need_b else None)
+
+    return no_autocast(forward), no_autocast(backward)
+
+
 def mask_window_sum(mask, weight_shape, stride, padding, dilation, multi_channel):
     """msum (B,1,Ho,Wo) in the accumulation dtype: the mask summed over each window (and channels)."""
     kh, kw = weight_shape[-2:]
