@@ -73,3 +73,29 @@ def test_eval_reports_every_ratio_bin(trained, capsys):
     assert main(["eval", "--checkpoint", str(trained / "last.ckpt"), "--limit", "2", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert all(b in out for b in ("1-20%", "20-40%", "40-60%")) and "PSNR" in out and "SSIM" in out
+
+
+def test_memory_format_defaults_to_channels_last_on_cpu(tmp_path, monkeypatch):
+    """On CPU the commands run model and batches in channels_last unless --no-channels-last; a checkpoint of
+    either layout holds the same values (a state_dict does not depend on the layout)."""
+    from mdrnet_fast.commands import common, train
+
+    assert common.default_memory_format(torch.device("cpu")) == torch.channels_last
+    assert common.default_memory_format(torch.device("cuda")) == torch.contiguous_format
+    seen = []
+    build = train.build
+
+    def spy(*args, **kwargs):
+        model, critic = build(*args, **kwargs)
+        seen.append(model)
+        return model, critic
+
+    monkeypatch.setattr(train, "build", spy)
+    cl = _train(tmp_path / "cl", 1)
+    nchw = _train(tmp_path / "nchw", 1, "--no-channels-last")
+    convs = [[m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+             for model in seen]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs[0])
+    assert all(w.is_contiguous() for w in convs[1])
+    for key, value in cl["model"].items():
+        torch.testing.assert_close(value, nchw["model"][key], rtol=1e-4, atol=1e-5, msg=key)

@@ -9,13 +9,15 @@ import textwrap
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import mdrnet_fast
 from mdrnet_fast import ops
 
-from _util import assert_close
+from mdrnet_fast.reference.patch_attention import default_scale
+
+from _util import TOL, assert_close
 
 pytestmark = pytest.mark.skipif(not mdrnet_fast.backends()["cpu"]["available"], reason="C++ extension not built")
 
@@ -43,14 +45,31 @@ def _run(backend, theta, phi, g, mask, p, scale, w_dtype):
     return [out.detach(), *grads]
 
 
+def _term_scale(theta, phi, g, p, scale):
+    """A bound on one term of d_theta / d_phi = sum_j dS_ij K_j, dS = P (dP - D) scale, dP = dO V^T: where the
+    true gradient is ~0 (e.g. a single key patch: dP - D = 0 exactly) two fp64 implementations differ by
+    rounding noise of about eps times this."""
+    scale = default_scale(theta.shape[1], p) if scale is None else scale
+    d = g.shape[1] * p * p
+    return scale * d * g.abs().max().item() * max(theta.abs().max().item(), phi.abs().max().item())
+
+
 def _compare(theta, phi, g, mask, p, scale=None, dtype=torch.float64):
     args = [t.to(dtype) for t in (theta, phi, g)]
     fast = _run("cpu", *args, mask.to(dtype), p, scale, dtype)
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     ref = _run("reference", *[a.to(ref_dtype) for a in args], mask.to(dtype).to(ref_dtype), p, scale, dtype)
+    # relative error as in _util.assert_close, but with the floor of the denominator (1e-6 there) scaled by
+    # the size of the cancelling terms (D from the saved output, as in flash attention)
+    floor = 1e-6 * max(_term_scale(theta, phi, g, p, scale), 1.0)
     for name, f, r in zip(("out", "d_theta", "d_phi", "d_g"), fast, ref):
         assert f.dtype == dtype
-        assert_close(f, r, dtype, name)
+        if name in ("d_theta", "d_phi"):
+            assert f.shape == r.shape and torch.isfinite(f).all(), name
+            err = (f.double() - r.double()).abs().max().item() / max(r.double().abs().max().item(), floor)
+            assert err <= TOL[dtype], f"{name}: relative error {err:.3g} > {TOL[dtype]:.0e} ({dtype})"
+        else:
+            assert_close(f, r, dtype, name)
 
 
 # The scale is a multiple of the default 1/sqrt(Ck p^2), which keeps the scores O(1). With scores in
@@ -60,6 +79,8 @@ def _compare(theta, phi, g, mask, p, scale=None, dtype=torch.float64):
 @given(b=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 20), p=st.integers(1, 4),
        ck=st.integers(1, 8), cv=st.integers(1, 8), kind=st.sampled_from(["none", "quarter", "all", "soft"]),
        factor=st.sampled_from([None, 0.3, 3.0]), seed=st.integers(0, 2**16))
+# one key patch: the true d_theta / d_phi are 0 and both sides return rounding noise (found by exploring)
+@example(b=1, h=1, w=1, p=2, ck=1, cv=5, kind="all", factor=None, seed=0)
 def test_matches_reference_fp64(b, h, w, p, ck, cv, kind, factor, seed):
     gen = torch.Generator().manual_seed(seed)
     theta, phi = (torch.randn(b, ck, h, w, generator=gen, dtype=torch.float64) for _ in range(2))
