@@ -50,13 +50,17 @@ def _mask(b, hw, device, holes=0.3):
     return (torch.rand(b, 1, hw, hw, device=device) > holes).to(DTYPE)
 
 
-def partial_conv(b, cin, cout, hw, k):
+def partial_conv(b, cin, cout, hw, k, multi_channel=False):
+    """multi_channel: a mask per input channel, as the coarse U-Net's decoder layers have (skip features and
+    their masks concatenated): the reference then convolves a C_in-channel mask with a ones kernel."""
     def make(device):
         w = _randn(cout, cin, k, k, device=device) / (cin * k * k) ** 0.5
-        return [_randn(b, cin, hw, hw, device=device), _mask(b, hw, device), w, _randn(cout, device=device),
-                1, k // 2, 1, 1, False]
+        mask = _mask(b, hw, device).expand(-1, cin, -1, -1).contiguous() if multi_channel else _mask(b, hw, device)
+        return [_randn(b, cin, hw, hw, device=device), mask, w, _randn(cout, device=device),
+                1, k // 2, 1, 1, multi_channel]
 
-    return Case("partial_conv2d", f"B{b}-C{cin}to{cout}-{hw}x{hw}-k{k}", make, (0, 2, 3), ("partial_conv2d",),
+    return Case("partial_conv2d", f"B{b}-C{cin}to{cout}-{hw}x{hw}-k{k}" + ("-multichannel" if multi_channel else ""),
+                make, (0, 2, 3), ("partial_conv2d",),
                 conv=lambda x, m, w, bias, s, p, d, g, mc: F.conv2d(x, w, bias, s, p, d, g))
 
 
@@ -146,7 +150,7 @@ if QUICK:
              region_broadcast(2, 32, 32), memory_read(2, 64), memory_update(2, 64),
              patch_attention(1, 16, 16, 2), spade(2, 32, 32)]
 else:
-    CASES = [partial_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3, masked=True),
+    CASES = [partial_conv(4, 64, 64, 64, 3), partial_conv(4, 96, 32, 64, 3, multi_channel=True), gated_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3, masked=True),
              region_pool(4, 128, 64), region_broadcast(4, 128, 64), memory_read(8, 256), memory_update(8, 256),
              patch_attention(2, 64, 32, 2), patch_attention(2, 64, 64, 2), patch_attention(2, 64, 64, 2, "strokes"),
              spade(4, 128, 64)]
