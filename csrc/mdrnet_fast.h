@@ -73,6 +73,10 @@ std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out, cons
                                                 const at::Tensor& rstd, bool need_x, bool need_gamma,
                                                 bool need_beta);
 
+// Accumulation dtype of every kernel (CPU and CUDA): float64 stays float64 (gradcheck, 1e-10 parity),
+// float32 / float16 / bfloat16 accumulate in float32.
+inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
+
 // ---------------------------------------------------------------------------
 // Shared argument checks. Messages name the argument and what was expected so that a
 // failure raised deep inside an autograd Function is still easy to trace to its caller.

@@ -141,9 +141,6 @@ inline void vertical_rows(const double* hsum, int64_t b, int64_t oh0, int64_t oh
 using cpu::Layout;
 using cpu::normalise_layout;
 
-inline at::ScalarType acc_dtype(at::ScalarType st) {
-  return st == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 void check_mask_geometry(const at::Tensor& mask, int64_t Ho, int64_t Wo, const char* ho_name,
                          const char* wo_name, const Geom& g) {

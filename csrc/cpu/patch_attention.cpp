@@ -727,7 +727,6 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& theta, const at
 
 // ------------------------------------------------------------------------------- arguments
 
-inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
 Geo check_inputs(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g, const at::Tensor& mask,
                  int64_t patch_size) {

@@ -8,6 +8,7 @@
 // Every reduction has a fixed order that depends on the shape and the labels only, never on
 // the number of threads, so results are bitwise reproducible across thread counts.
 #include "mdrnet_fast.h"
+#include "region_seg.h"
 #include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
@@ -55,7 +56,6 @@ std::unique_ptr<T[]> uninit(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
 using cpu::Layout;
 using cpu::normalise_layout;
@@ -492,36 +492,14 @@ void seg_area(const acc_t* seg, int64_t rows, int64_t HW, acc_t* area) {
   });
 }
 
-struct SegArg {
-  at::Tensor labels;   // int64 (B, H, W) contiguous, or undefined
-  at::Tensor weights;  // accumulation dtype (B, n, HW) contiguous, or undefined
-};
-
 // Checks seg against (B, n, H, W) and returns it in the form the kernels read.
 SegArg check_seg(const at::Tensor& seg, int64_t B, int64_t H, int64_t W, int64_t n, at::ScalarType acc,
                  const char* ref_name) {
   TORCH_CHECK(seg.defined(), "seg must be a defined tensor");
   TORCH_CHECK(seg.device().is_cpu(), "seg must be a CPU tensor, got device ", seg.device());
-  TORCH_CHECK(n >= 1, "num_classes must be >= 1, got ", n);
   // labels and pixel indices are held as int32
   TORCH_CHECK(n < std::numeric_limits<int32_t>::max(), "num_classes must be < 2^31 - 1, got ", n);
-  TORCH_CHECK(H * W < std::numeric_limits<int32_t>::max(), "seg must have H*W < 2^31 - 1, got H*W = ", H * W);
-  SegArg out;
-  if (seg.is_floating_point()) {
-    checks::floating(seg, "seg");
-    TORCH_CHECK(seg.dim() == 4 && seg.size(0) == B && seg.size(1) == n && seg.size(2) == H && seg.size(3) == W,
-                "float seg must have shape (B, num_classes, H, W) = (", B, ", ", n, ", ", H, ", ", W,
-                ") to match ", ref_name, ", got ", seg.sizes());
-    out.weights = seg.to(acc).contiguous().view({B, n, H * W});
-  } else {
-    TORCH_CHECK(at::isIntegralType(seg.scalar_type(), /*includeBool=*/false),
-                "seg must be float (B, n, H, W) weights or integer (B, H, W) labels, got ", seg.scalar_type());
-    TORCH_CHECK(seg.dim() == 3 && seg.size(0) == B && seg.size(1) == H && seg.size(2) == W,
-                "seg labels must have shape (B, H, W) = (", B, ", ", H, ", ", W, ") to match ", ref_name,
-                ", got ", seg.sizes());
-    out.labels = seg.to(at::kLong).contiguous();
-  }
-  return out;
+  return seg_arg(seg, B, H, W, n, acc, ref_name);
 }
 
 // int32 labels (B, HW) from int64 seg (range-checked) or from exactly one-hot float seg;

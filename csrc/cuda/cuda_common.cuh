@@ -13,6 +13,9 @@
 
 #include <cstdint>
 
+// acc_dtype and the argument checks shared with the CPU kernels (checks::floating, ...): same messages
+#include "mdrnet_fast.h"
+
 namespace mdrnet_fast {
 namespace cuda {
 

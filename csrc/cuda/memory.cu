@@ -294,19 +294,13 @@ __global__ void update_apply_kernel(mem_t* __restrict__ mem, const acc_t* __rest
   }
 }
 
-inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
-inline void check_floating(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
-              " must be float32, float64, float16 or bfloat16, got ", st);
-}
 
 void check_q_mem(const at::Tensor& q, const at::Tensor& mem) {
   check_cuda(q, "q", 3);
-  check_floating(q, "q");
+  checks::floating(q, "q");
   check_cuda(mem, "mem", 3);
-  check_floating(mem, "mem");
+  checks::floating(mem, "mem");
   check_same_device(q, "q", mem, "mem");
   TORCH_CHECK(q.size(1) == mem.size(0) && q.size(2) == mem.size(2), "q must have shape (B, n=", mem.size(0),
               ", C=", mem.size(2), ") to match mem (n, m, C)=", mem.sizes(), ", got ", q.sizes());
@@ -401,7 +395,7 @@ at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q_in, const at::Ten
   check_q_mem(q_in, mem);
   TORCH_CHECK(mem.is_contiguous(), "mem must be contiguous (it is updated in place)");
   check_cuda(v_in, "v", 3);
-  check_floating(v_in, "v");
+  checks::floating(v_in, "v");
   check_same_device(mem, "mem", v_in, "v");
   TORCH_CHECK(v_in.sizes() == q_in.sizes(), "v must have q's shape ", q_in.sizes(), ", got ", v_in.sizes());
   check_cuda(present_in, "present", 2);

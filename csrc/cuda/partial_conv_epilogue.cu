@@ -39,7 +39,6 @@ struct Geom {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
 // 0: NCHW contiguous, 1: channels_last contiguous; anything else is made contiguous (NCHW). A tensor that
 // is both indexes identically either way and is taken as NCHW.
@@ -243,11 +242,6 @@ void check_geometry(const at::Tensor& mask, int64_t Ho, int64_t Wo, const char* 
   ::mdrnet_fast::checks::conv_out_matches(wo_name, Wo, "W", mask.size(3), g.kw, g.sw, g.pw, g.dw);
 }
 
-void check_floating(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
-              " must be float32, float64, float16 or bfloat16, got ", st);
-}
 
 }  // namespace
 }  // namespace pconv
@@ -257,7 +251,7 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw_in, 
                                                       int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                                                       int64_t dh, int64_t dw, double winsize, bool multi_channel) {
   check_cuda(raw_in, "raw", 4);
-  pconv::check_floating(raw_in, "raw");
+  checks::floating(raw_in, "raw");
   check_cuda(mask, "mask", 4);
   check_same_device(raw_in, "raw", mask, "mask");
   check_same_dtype(raw_in, "raw", mask, "mask");
@@ -286,7 +280,7 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw_in, 
   const int64_t B = raw.size(0), Ho = raw.size(2), Wo = raw.size(3), HoWo = Ho * Wo;
   const int64_t Cm = mask.size(1), H = mask.size(2), W = mask.size(3);
   const int64_t Cn = multi_channel ? Co : 1;
-  const auto acc = pconv::acc_dtype(raw.scalar_type());
+  const auto acc = acc_dtype(raw.scalar_type());
   at::Tensor out = at::empty_like(raw);  // dense raw: same strides (NCHW or channels_last)
   // as the CPU kernel: a multi-channel new mask in raw's layout (NCHW or channels_last)
   const bool nm_cl = multi_channel && Co > 1 && layout == 1;
@@ -327,7 +321,7 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(const at::Tensor& raw_in, 
 std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_out_in, const at::Tensor& grad_scale_in,
                                                        const at::Tensor& new_mask_in, bool need_bias_grad) {
   check_cuda(grad_out_in, "grad_out", 4);
-  pconv::check_floating(grad_out_in, "grad_out");
+  checks::floating(grad_out_in, "grad_out");
   const int64_t B = grad_out_in.size(0), Co = grad_out_in.size(1), Ho = grad_out_in.size(2),
                 Wo = grad_out_in.size(3), HoWo = Ho * Wo;
   check_cuda(grad_scale_in, "grad_scale", 4);
@@ -336,7 +330,7 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_ou
                   grad_scale_in.size(3) == Wo,
               "grad_scale must have shape (B, 1, Ho, Wo) = (", B, ", 1, ", Ho, ", ", Wo, "), got ",
               grad_scale_in.sizes());
-  const auto acc = pconv::acc_dtype(grad_out_in.scalar_type());
+  const auto acc = acc_dtype(grad_out_in.scalar_type());
   TORCH_CHECK(grad_scale_in.scalar_type() == acc, "grad_scale must be ", acc, " for grad_out of dtype ",
               grad_out_in.scalar_type(), ", got ", grad_scale_in.scalar_type());
   at::Tensor new_mask;
@@ -412,13 +406,13 @@ std::vector<at::Tensor> partial_conv_epilogue_backward(const at::Tensor& grad_ou
 at::Tensor partial_conv_mask_sum(const at::Tensor& mask, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                                  int64_t pw, int64_t dh, int64_t dw, int64_t out_h, int64_t out_w) {
   check_cuda(mask, "mask", 4);
-  pconv::check_floating(mask, "mask");
+  checks::floating(mask, "mask");
   ::mdrnet_fast::checks::conv_params(kh, kw, sh, sw, ph, pw, dh, dw);
   const pconv::Geom g{kh, kw, sh, sw, ph, pw, dh, dw};
   pconv::check_geometry(mask, out_h, out_w, "out_h", "out_w", g);
   c10::cuda::CUDAGuard guard(mask.device());
   const int64_t B = mask.size(0), HoWo = out_h * out_w;
-  at::Tensor msum = at::empty({B, 1, out_h, out_w}, mask.options().dtype(pconv::acc_dtype(mask.scalar_type())));
+  at::Tensor msum = at::empty({B, 1, out_h, out_w}, mask.options().dtype(acc_dtype(mask.scalar_type())));
   if (B * HoWo == 0) return msum;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MDR_DISPATCH_FLOATS(mask.scalar_type(), "partial_conv_mask_sum_cuda", [&] {

@@ -29,6 +29,7 @@
 // broadcast writes 0 there, so nothing is ever read or written out of bounds.
 #include "cuda/cuda_common.cuh"
 #include "cuda/ops_cuda.h"
+#include "region_seg.h"
 
 #include <ATen/ops/empty.h>
 
@@ -271,18 +272,7 @@ broadcast_kernel(const scalar_t* __restrict__ codes, const int64_t* __restrict__
   }
 }
 
-inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
-inline void check_floating(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
-              " must be float32, float64, float16 or bfloat16, got ", st);
-}
-
-struct SegArg {
-  at::Tensor labels;   // int64 (B, H, W) contiguous, or undefined
-  at::Tensor weights;  // accumulation dtype (B, n, H*W) contiguous, or undefined
-};
 
 // Checks seg against (B, n, H, W) and ref (the other argument, for its device) and returns it in the
 // form the kernels read. Call under the device guard (it may convert on the device).
@@ -290,24 +280,7 @@ SegArg check_seg(const at::Tensor& seg, const at::Tensor& ref, const char* ref_n
                  int64_t W, int64_t n, at::ScalarType acc) {
   check_cuda(seg, "seg", -1);
   check_same_device(ref, ref_name, seg, "seg");
-  TORCH_CHECK(n >= 1, "num_classes must be >= 1, got ", n);
-  TORCH_CHECK(H * W < std::numeric_limits<int32_t>::max(), "seg must have H*W < 2^31 - 1, got H*W = ", H * W);
-  SegArg out;
-  if (seg.is_floating_point()) {
-    check_floating(seg, "seg");
-    TORCH_CHECK(seg.dim() == 4 && seg.size(0) == B && seg.size(1) == n && seg.size(2) == H && seg.size(3) == W,
-                "float seg must have shape (B, num_classes, H, W) = (", B, ", ", n, ", ", H, ", ", W,
-                ") to match ", ref_name, ", got ", seg.sizes());
-    out.weights = seg.to(acc).contiguous().view({B, n, H * W});
-  } else {
-    TORCH_CHECK(at::isIntegralType(seg.scalar_type(), /*includeBool=*/false),
-                "seg must be float (B, n, H, W) weights or integer (B, H, W) labels, got ", seg.scalar_type());
-    TORCH_CHECK(seg.dim() == 3 && seg.size(0) == B && seg.size(1) == H && seg.size(2) == W,
-                "seg labels must have shape (B, H, W) = (", B, ", ", H, ", ", W, ") to match ", ref_name,
-                ", got ", seg.sizes());
-    out.labels = seg.to(at::kLong).contiguous();
-  }
-  return out;
+  return seg_arg(seg, B, H, W, n, acc, ref_name);
 }
 
 template <typename scalar_t, bool kLabels>
@@ -359,7 +332,7 @@ void launch_pool(const at::Tensor& feat, int64_t s_c, int64_t s_p, const SegArg&
 std::vector<at::Tensor> region_pool_forward(const at::Tensor& feat_in, const at::Tensor& seg_in, int64_t num_classes,
                                             bool normalize) {
   check_cuda(feat_in, "feat", 4);
-  check_floating(feat_in, "feat");
+  checks::floating(feat_in, "feat");
   c10::cuda::CUDAGuard guard(feat_in.device());
   const int64_t B = feat_in.size(0), C = feat_in.size(1), H = feat_in.size(2), W = feat_in.size(3);
   const int64_t n = num_classes, HW = H * W;
@@ -392,7 +365,7 @@ std::vector<at::Tensor> region_pool_forward(const at::Tensor& feat_in, const at:
 
 at::Tensor region_broadcast_forward(const at::Tensor& codes_in, const at::Tensor& seg_in, int64_t num_classes) {
   check_cuda(codes_in, "codes", 3);
-  check_floating(codes_in, "codes");
+  checks::floating(codes_in, "codes");
   c10::cuda::CUDAGuard guard(codes_in.device());
   const int64_t B = codes_in.size(0), n = num_classes, C = codes_in.size(2);
   TORCH_CHECK(codes_in.size(1) == n, "codes must have shape (B, num_classes=", n, ", C), got ", codes_in.sizes());

@@ -149,7 +149,6 @@ __global__ void __launch_bounds__(TC* TP) bwd_kernel(const T* __restrict__ go, c
   }
 }
 
-inline at::ScalarType acc_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The memory format the op's outputs take for t (composite/_common.py out_format).
 inline at::MemoryFormat out_format(const at::Tensor& t) {
@@ -157,11 +156,6 @@ inline at::MemoryFormat out_format(const at::Tensor& t) {
   return at::MemoryFormat::Contiguous;
 }
 
-void check_floating(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
-              " must be float32, float64, float16 or bfloat16, got ", st);
-}
 
 void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
   check_cuda(t, name, 4);
@@ -193,7 +187,7 @@ Launch launch_for(bool cl, int64_t B, int64_t C, int64_t HW) {
 std::vector<at::Tensor> spade_modulate_forward(const at::Tensor& x_in, const at::Tensor& gamma_in,
                                                const at::Tensor& beta_in, double eps) {
   check_cuda(x_in, "x", 4);
-  spade::check_floating(x_in, "x");
+  checks::floating(x_in, "x");
   spade::check_like_x(gamma_in, "gamma", x_in);
   spade::check_like_x(beta_in, "beta", x_in);
   check_same_dtype(x_in, "x", gamma_in, "gamma");
@@ -203,7 +197,7 @@ std::vector<at::Tensor> spade_modulate_forward(const at::Tensor& x_in, const at:
   c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
   const at::MemoryFormat fmt = spade::out_format(x_in);
-  const auto acc = spade::acc_dtype(x_in.scalar_type());
+  const auto acc = acc_dtype(x_in.scalar_type());
   at::Tensor mean = at::empty({B, C}, x_in.options().dtype(acc));
   at::Tensor rstd = at::empty({B, C}, mean.options());
   at::Tensor out = at::empty(x_in.sizes(), x_in.options().memory_format(fmt));
@@ -242,9 +236,9 @@ std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out_in, c
                                                 const at::Tensor& rstd_in, bool need_x, bool need_gamma,
                                                 bool need_beta) {
   check_cuda(x_in, "x", 4);
-  spade::check_floating(x_in, "x");
+  checks::floating(x_in, "x");
   spade::check_like_x(grad_out_in, "grad_out", x_in);
-  spade::check_floating(grad_out_in, "grad_out");
+  checks::floating(grad_out_in, "grad_out");
   spade::check_like_x(gamma_in, "gamma", x_in);
   check_same_dtype(x_in, "x", gamma_in, "gamma");
   const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
@@ -253,7 +247,7 @@ std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out_in, c
     check_same_device(x_in, "x", t, name);
     TORCH_CHECK(t.size(0) == B && t.size(1) == C, name, " must have shape (B, C) = (", B, ", ", C, "), got ",
                 t.sizes());
-    spade::check_floating(t, name);
+    checks::floating(t, name);
   };
   check_stat(mean_in, "mean");
   check_stat(rstd_in, "rstd");
@@ -268,7 +262,7 @@ std::vector<at::Tensor> spade_modulate_backward(const at::Tensor& grad_out_in, c
   if (need_x) gx = at::empty(x_in.sizes(), x_in.options().memory_format(fmt));
   if (need_gamma) ggamma = at::empty(x_in.sizes(), x_in.options().memory_format(fmt));
   if (B * C > 0 && HW > 0) {
-    const auto acc = spade::acc_dtype(x_in.scalar_type());
+    const auto acc = acc_dtype(x_in.scalar_type());
     const at::Tensor grad_out =
         (grad_out_in.scalar_type() == x_in.scalar_type() ? grad_out_in : grad_out_in.to(x_in.scalar_type()))
             .contiguous(fmt);
