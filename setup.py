@@ -13,6 +13,8 @@ GPU architectures (e.g. "8.0;9.0") and MAX_JOBS for ninja's parallel compiles. B
 """
 import glob
 import os
+import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -86,7 +88,39 @@ if _want_cuda():
             )
         )
 
+
+
+def links_shared_libstdcxx(path):
+    """True if the built module loads the shared libstdc++ (None when readelf is missing)."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return None
+    dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True).stdout
+    return "[libstdc++.so" in dynamic
+
+
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's build with ninja, plus one check of each built module: it must load the shared libstdc++.
+
+    A compiler that links libstdc++ statically (the GPU image lent here sets CC/CXX to such a gcc in
+    /opt/gcc) gives the module its own copy of the C++ runtime next to torch's shared one; the first
+    number formatted into an error message then crashes the process (a segfault in ostream's double output,
+    seen on an H100). The build fails instead, naming the fix."""
+
+    def build_extension(self, ext):
+        super().build_extension(ext)
+        path = self.get_ext_fullpath(ext.name)
+        if links_shared_libstdcxx(path) is False:
+            os.remove(path)
+            sys.exit(
+                f"mdrnet_fast: {os.path.basename(path)} was linked with a static libstdc++ (CXX="
+                f"{os.environ.get('CXX', 'c++')!r}, LDFLAGS={os.environ.get('LDFLAGS', '')!r}); it would crash next "
+                "to torch's shared libstdc++. Build with a compiler that links it dynamically, e.g. the system one: "
+                "CC=gcc CXX=g++ pip install ..."
+            )
+
+
 setup(
     ext_modules=ext_modules,
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension},
 )

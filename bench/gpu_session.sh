@@ -1,45 +1,71 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine is for, in as few device calls as possible (see the `device` tool: about 10
-# minutes a call, 30 minutes a session). Run from the repository root on the GPU machine; results go to $OUT
-# (the device tool brings that folder back). Stages, one per call or several in one:
+# Everything a lent GPU machine is for, in as few device calls as possible (see the `device` tool: 10 minutes
+# a call, 30 minutes a session, at most 8 files back). Run from the repository root on the GPU machine.
+# Stages, several in one call:
 #
 #   bash bench/gpu_session.sh build tests        # install (builds _C and _C_cuda), every `gpu` test
 #   bash bench/gpu_session.sh sanitize           # compute-sanitizer memcheck over the CUDA kernels' tests
-#   bash bench/gpu_session.sh bench-ops          # op benchmarks: reference, triton, cuda, compile
+#   bash bench/gpu_session.sh bench-ops          # op benchmarks: reference, triton, cuda, compile (one run per op)
 #   bash bench/gpu_session.sh bench-model        # whole-model benchmarks (paper preset, 256^2 batch 8 by default)
 #
 # Every stage installs first if mdrnet_fast is not importable with its CUDA extension (ninja rebuilds only
-# what changed). The last lines of each stage's log are printed, full logs and JSONs are in $OUT.
+# what changed). Each stage runs under its own `timeout`, cut to what is left of DEADLINE seconds (default
+# 560, inside the device's 600 s limit), so the script always ends itself and packs its logs: everything
+# goes to $OUT/gpu-<stages>-<device>.tgz (the op benchmarks as one JSON per op), the model JSON also to $OUT. The last lines of each log print.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mdrnet-gpu-out}
+LOGS=$(mktemp -d /tmp/mdrnet-gpu-logs.XXXX)
 mkdir -p "$OUT"
 PY=${PY:-python3}
+DEADLINE=${DEADLINE:-560}
+XDIST=${XDIST:-8}
+export PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export TRITON_INTERPRET=0          # compiled Triton kernels (tests/conftest.py defaults to the interpreter)
+# the lent GPU image sets CC/CXX to a gcc in /opt/gcc that links libstdc++ statically: modules built with it
+# segfault on their first error message (setup.py refuses them); the system gcc links it dynamically
+export CC=${MDRNET_CC:-gcc} CXX=${MDRNET_CXX:-g++}
 DEV=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
 DATE=$(date +%Y%m%d)
+STAGES=$(IFS=-; echo "$*")
+pack() { tar czf "$OUT/gpu-$STAGES-$DEV.tgz" -C "$LOGS" . ; }
+trap pack EXIT
+
+left() { echo $((DEADLINE - SECONDS)); }
 
 install() {
   if "$PY" -c "import mdrnet_fast._C, mdrnet_fast._C_cuda" 2>/dev/null && [ "${1:-}" != force ]; then return 0; fi
   echo "== install (MAX_JOBS=$MAX_JOBS, archs $TORCH_CUDA_ARCH_LIST)"
-  if ! MDRNET_FAST_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1; then
-    tail -40 "$OUT/install.log"; exit 1
+  local t0=$SECONDS
+  "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__)" \
+    | tee "$LOGS/versions.txt"
+  nvidia-smi > "$LOGS/nvidia-smi.txt" 2>&1
+  if ! MDRNET_FAST_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$LOGS/install.log" 2>&1; then
+    tail -40 "$LOGS/install.log"; exit 1
   fi
-  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-  "$PY" -c "import json, mdrnet_fast; print(json.dumps(mdrnet_fast.backends(), indent=1))" | tee "$OUT/backends.json"
+  "$PY" -c "import json, mdrnet_fast; print(json.dumps(mdrnet_fast.backends(), indent=1))" > "$LOGS/backends.json"
+  echo "== install: $((SECONDS - t0)) s"
 }
 
-stage() {  # name, log, command...
-  local name=$1 log=$2; shift 2
-  echo "== $name"
+stage() {  # name, log, seconds, command...
+  local name=$1 log=$2 limit=$3; shift 3
+  local budget=$(( $(left) < limit ? $(left) : limit ))
+  if [ "$budget" -lt 20 ]; then echo "== $name: skipped, $(left) s left"; return 1; fi
+  echo "== $name (timeout $budget s)"
   local t0=$SECONDS
-  "$@" > "$OUT/$log" 2>&1
+  timeout -k 5 "$budget" "$@" > "$LOGS/$log" 2>&1
   local rc=$?
-  tail -${TAIL:-15} "$OUT/$log"
+  tail -"${TAIL:-15}" "$LOGS/$log"
   echo "== $name: rc=$rc in $((SECONDS - t0)) s (log: $log)"
   return $rc
+}
+
+bench_op() {  # op name as in the benchmark ids
+  local json="$LOGS/$DEV-$1-$DATE.json"
+  TAIL=3 stage "bench $1" "bench-$1.log" "${OP_TIMEOUT:-150}" "$PY" -m pytest bench/test_bench_ops.py --benchmark-only \
+    --benchmark-quiet -q -p no:cacheprovider -p no:warnings -k "cuda and $1" --benchmark-json="$json"
 }
 
 rc=0
@@ -48,21 +74,32 @@ for what in "$@"; do
     build) install force ;;
     tests)
       install
-      stage "gpu tests" "gpu-tests-$DEV.log" "$PY" -m pytest -m gpu -q -p no:cacheprovider -p no:warnings tests/ \
-        --junitxml="$OUT/gpu-tests-$DEV.xml" || rc=1 ;;
+      # -v: every test's name and outcome goes to the log as it finishes (a run cut by its timeout still says
+      # which tests failed; under xdist -q names them only in the final summary)
+      stage "gpu tests" "gpu-tests.log" "${TESTS_TIMEOUT:-330}" "$PY" -m pytest -m gpu -v -n "$XDIST" -p no:cacheprovider \
+        -p no:warnings tests/ --junitxml="$LOGS/gpu-tests.xml" || rc=1
+      grep -E "^\[gw[0-9]+\].* (FAILED|ERROR) " "$LOGS/gpu-tests.log" | head -40 ;;
     sanitize)
       install
-      stage "compute-sanitizer memcheck" "sanitizer-$DEV.log" compute-sanitizer --tool memcheck --error-exitcode 9 \
-        "$PY" -m pytest -m gpu -q -x -p no:cacheprovider -p no:warnings tests/test_cuda_kernels.py \
-        tests/test_cuda_epilogues.py -k "not fp64" || rc=1 ;;
+      # no caching allocator: an out-of-bounds access inside a cached block would be invisible to memcheck;
+      # the argument-error tests launch nothing and run in the plain `tests` stage
+      TAIL=25 stage "compute-sanitizer memcheck" "sanitizer.log" "${SAN_TIMEOUT:-200}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+        compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 30 --target-processes all \
+        "$PY" -m pytest -m gpu -q -n 4 -p no:cacheprovider -p no:warnings tests/test_cuda_kernels.py \
+        tests/test_cuda_epilogues.py -k "not fp64 and not errors and not checks" || rc=1 ;;
     bench-ops)
       install
-      TAIL=80 stage "op benchmarks" "bench-ops-$DEV.log" "$PY" -m mdrnet_fast bench --filter "test_op and cuda" \
-        --json "$OUT/$DEV-ops-$DATE.json" || rc=1 ;;
+      for op in ${OPS:-partial_conv2d gated_conv2d region_avg_pool region_broadcast memory_read memory_update_ spade_modulate masked_patch_attention}; do
+        bench_op "$op" || rc=1
+      done
+      "$PY" -m mdrnet_fast bench-report "$LOGS"/"$DEV"-*-"$DATE".json 2>&1 | tee "$LOGS/bench-ops-table.txt" ;;
     bench-model)
       install
-      TAIL=40 stage "model benchmarks" "bench-model-$DEV.log" env MDRNET_FAST_BENCH_MODEL="${MODEL_CONFIGS:-paper:256:8}" \
-        "$PY" -m mdrnet_fast bench --filter "test_model and cuda" --json "$OUT/$DEV-model-$DATE.json" || rc=1 ;;
+      TAIL=40 stage "model benchmarks" "bench-model.log" "${MODEL_TIMEOUT:-400}" env MDRNET_FAST_BENCH_MODEL="${MODEL_CONFIGS:-paper:256:8}" \
+        "$PY" -m pytest bench/test_bench_model.py --benchmark-only --benchmark-quiet -q -p no:cacheprovider -p no:warnings \
+        -k "cuda" --benchmark-json="$LOGS/$DEV-model-$DATE.json" || rc=1
+      cp "$LOGS/$DEV-model-$DATE.json" "$OUT"/ 2>/dev/null
+      "$PY" -m mdrnet_fast bench-report "$LOGS/$DEV-model-$DATE.json" 2>&1 | tee "$LOGS/bench-model-table.txt" ;;
     *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model)"; exit 2 ;;
   esac
 done

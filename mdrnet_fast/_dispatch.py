@@ -27,11 +27,24 @@ _BACKEND_MODULES = {
     "cuda": "mdrnet_fast.cuda_kernels",
     "composite": "mdrnet_fast.composite",
 }
-# on CUDA tensors `auto` tries these in order. CUDA C++ kernels are taken first only for the kernel
-# families listed in _CUDA_FIRST, i.e. where a committed GPU benchmark measured them faster than Triton;
-# none is measured yet, so `auto` prefers Triton and `cuda` runs when asked for.
-_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
-_CUDA_FIRST: frozenset = frozenset()
+# `auto` tries these fast backends in order, per device type.
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+# On CUDA tensors, per kernel family, the order measured fastest on a GPU (fp32, forward and forward+backward
+# rows of bench/results/nvidia-h100-80gb-hbm3-ops-20261124.json; README "Measured (GPU)"). The CUDA C++
+# kernels beat the Triton ones in every row but one (multi-channel partial conv forward, where the fused
+# backward loses more). An empty order means the reference: for masked patch attention, cuBLAS's batched
+# matmuls and softmax beat the Triton flash kernel at every measured size (32^2 and 64^2 maps). The flash
+# kernel's gain is memory (the N x N scores are never stored): force it with MDRNET_FAST_BACKEND=triton.
+_CUDA_ORDER = {
+    "partial_conv2d": ("cuda", "triton"),
+    "gated_activation": ("cuda", "triton"),
+    "region_pool": ("cuda", "triton"),
+    "region_broadcast": ("cuda", "triton"),
+    "memory_read": ("cuda", "triton"),
+    "memory_update": ("cuda", "triton"),
+    "spade_modulate": ("cuda", "triton"),
+    "patch_attention": (),
+}
 
 _KERNELS: Dict[Tuple[str, str], Callable] = {}
 _WARNED: set = set()
@@ -188,8 +201,14 @@ def resolve(op: str, device: torch.device) -> str:
             raise RuntimeError(f"mdrnet_fast backend {setting!r} cannot run {op} on {device.type} tensors")
         return setting
     order = _AUTO_ORDER.get(device.type, ())
-    if device.type == "cuda" and op in _CUDA_FIRST:
-        order = ("cuda", "triton")
+    if device.type == "cuda":
+        order = _CUDA_ORDER.get(op, order)
+        if not order:
+            if not torch.compiler.is_compiling():
+                warn_once((op, device.type), "mdrnet_fast: auto runs %s on cuda with the PyTorch reference, measured "
+                          "faster than the fast kernels (mdrnet_fast._dispatch._CUDA_ORDER); "
+                          "MDRNET_FAST_BACKEND=triton forces the Triton kernel", op)
+            return "reference"
     for candidate in order:
         if has_kernel(f"{op}.forward", candidate) and _runs_on(candidate, device):
             return candidate

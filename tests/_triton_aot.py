@@ -96,6 +96,7 @@ def variants(full):
                 yield (PA._bwd_dkdv_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
         # partial conv: on GPU bf16/fp16 feed tl.dot in their own dtype (LOWP), fp32/fp64 in theirs
         lowp = io in ("bf16", "fp16")
+        cprec = {"fp64": "ieee", "fp32": "tf32x3"}.get(io, "tf32")  # partial_conv._dot_precision
         gemm = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16) if acc == tl.float64 else dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)
         yield (P._msum_kernel, dict(m_ptr=io, msum_ptr=a), dict(ACC=acc, BLOCK_P=128, BLOCK_T=16), 4)
         fwd = itertools.product(flags, flags, (False, True)) if full else ((True, False, True), (False, True, False))
@@ -103,18 +104,18 @@ def variants(full):
             for act in (range(4) if full and gated else (1 if gated else 0,)):
                 yield (P._fwd_kernel, dict(x_ptr=io, m_ptr=io, w_ptr=io, bias_ptr=io, msum_ptr=a, out_ptr=io, nm_ptr=io,
                                            gs_ptr=a, y_ptr=io),
-                       dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, GATED=gated, ACT=act, SLOPE=0.2, EPS=1e-8,
+                       dict(HAS_BIAS=bias, MC=mc and not gated, LOWP=lowp, ACC=acc, PREC=cprec, GATED=gated, ACT=act, SLOPE=0.2, EPS=1e-8,
                             **gemm), 4)
         for mc, gated in ((False, False), (True, False), (False, True)):
             yield (P._dx_kernel, dict(go_ptr=io, gs_ptr=a, w_ptr=io, m_ptr=io, gx_ptr=io, y_ptr=io),
-                   dict(MC=mc, LOWP=lowp, ACC=acc, GATED=gated, ACT=1 if gated else 0, SLOPE=0.2, **gemm), 4)
+                   dict(MC=mc, LOWP=lowp, ACC=acc, PREC=cprec, GATED=gated, ACT=1 if gated else 0, SLOPE=0.2, **gemm), 4)
         dw = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16) if acc == tl.float64 else dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
         for nw, nb, mc in itertools.product(flags, repeat=3) if full else ((True, True, False), (False, True, True)):
             yield (P._dw_kernel, dict(go_ptr=io, gs_ptr=a, nm_ptr=io, x_ptr=io, m_ptr=io, gw_ptr=a, gb_ptr=a, y_ptr=io),
-                   dict(NEED_W=nw, NEED_B=nb, MC=mc, NM_MC=mc, LOWP=lowp, ACC=acc, GATED=False, ACT=0, SLOPE=0.0,
+                   dict(NEED_W=nw, NEED_B=nb, MC=mc, NM_MC=mc, LOWP=lowp, ACC=acc, PREC=cprec, GATED=False, ACT=0, SLOPE=0.0,
                         **dw), 4)
         yield (P._dw_kernel, dict(go_ptr=io, gs_ptr=a, nm_ptr=io, x_ptr=io, m_ptr=io, gw_ptr=a, gb_ptr=a, y_ptr=io),
-               dict(NEED_W=True, NEED_B=True, MC=False, NM_MC=False, LOWP=lowp, ACC=acc, GATED=True, ACT=1,
+               dict(NEED_W=True, NEED_B=True, MC=False, NM_MC=False, LOWP=lowp, ACC=acc, PREC=cprec, GATED=True, ACT=1,
                     SLOPE=0.2, **dw), 4)
 
 

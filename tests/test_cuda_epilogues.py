@@ -346,6 +346,12 @@ def test_spade(dtype, x_layout, shape):
     assert out.dtype == dtype and fmt_of(out) == fmt_of(x)
     close(out, r_out, dtype, "out")
     for name, g, rg in zip(("x", "gamma", "beta"), grads, r_grads):
+        if name == "x" and shape[2] * shape[3] == 1:
+            # a 1x1 plane: xhat = 0 whatever x is, so grad x is exactly 0; the reference's is rounding noise
+            # amplified by rstd = 1/sqrt(eps), which no relative bound can follow (an fma in the kernel once
+            # gave such noise too: dxhat must round the same way in both of its passes)
+            assert torch.equal(g, torch.zeros_like(g)), "grad x of a 1x1 plane must be exactly 0"
+            continue
         close(g, rg, dtype, f"grad {name}")
 
 

@@ -65,3 +65,30 @@ def test_missing_kernel_is_logged_once(caplog, monkeypatch):
         ops.spade_modulate(x, x, x)
     msgs = [r.getMessage() for r in caplog.records if "spade_modulate" in r.getMessage()]
     assert len(msgs) == 1 and "no kernel" in msgs[0]
+
+
+def test_cuda_order_covers_every_family_the_ops_resolve():
+    """Every kernel family an op resolves has a measured order on CUDA tensors (no family falls back to the
+    default order unnoticed when a new op is added)."""
+    import re
+    from pathlib import Path
+
+    from mdrnet_fast import _dispatch
+
+    ops_dir = Path(mdrnet_fast.__file__).parent / "ops"
+    families = {m for f in ops_dir.glob("*.py") for m in re.findall(r'resolve\("(\w+)"', f.read_text())}
+    assert families and families == set(_dispatch._CUDA_ORDER)
+    for family, order in _dispatch._CUDA_ORDER.items():
+        assert set(order) <= {"cuda", "triton"}, family
+
+
+def test_auto_takes_the_reference_where_measured_faster_on_cuda(caplog):
+    """Patch attention on CUDA tensors: the reference beat the Triton flash kernel on the GPU; auto says so
+    once. Resolving needs no GPU (no tensor is made)."""
+    _WARNED.clear()
+    with caplog.at_level(logging.WARNING, logger="mdrnet_fast"):
+        assert resolve("patch_attention", torch.device("cuda")) == "reference"
+        assert resolve("patch_attention", torch.device("cuda")) == "reference"
+    assert sum("measured faster" in r.getMessage() for r in caplog.records) == 1
+    with mdrnet_fast.use_backend("reference"):
+        assert resolve("patch_attention", torch.device("cuda")) == "reference"

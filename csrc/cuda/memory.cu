@@ -39,6 +39,11 @@ namespace {
 constexpr int kThreads = 256;  // 8 warps
 constexpr double kEps = 1e-8;  // SPEC §4 cosine eps
 
+// Each shared array of m slot values is allocated for m rounded up to 4 values: nvcc turns the slot loops
+// into 16-byte shared loads (LDS.128) whose last one may read up to 3 values past m (compute-sanitizer's
+// memcheck flagged it on an H100); the padding keeps those reads inside the block's allocation.
+__host__ __device__ __forceinline__ int64_t padded_slots(int64_t m) { return (m + 3) / 4 * 4; }
+
 __device__ __forceinline__ float dsqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double dsqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float dexp(float x) { return expf(x); }
@@ -155,8 +160,8 @@ read_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restri
   __shared__ acc_t red[32];
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* s_g = reinterpret_cast<acc_t*>(smem_raw);  // [m]: <grad, mem_j>, then w_j
-  acc_t* s_d = s_g + m;                             // [m]: <q, mem_j>
-  acc_t* s_n = s_d + m;                             // [m]: max(|mem_j|, eps)
+  acc_t* s_d = s_g + padded_slots(m);               // [m]: <q, mem_j>
+  acc_t* s_n = s_d + padded_slots(m);               // [m]: max(|mem_j|, eps)
   const acc_t eps = static_cast<acc_t>(kEps);
   const int64_t row = blockIdx.x;
   const int64_t i = row % n;
@@ -342,7 +347,7 @@ std::vector<at::Tensor> memory_read_forward(const at::Tensor& q_in, const at::Te
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MDR_DISPATCH_FLOATS(q.scalar_type(), "memory_read_forward_cuda", [&] {
     using acc_type = typename Acc<scalar_t>::type;
-    const size_t smem = static_cast<size_t>(m) * sizeof(acc_type);
+    const size_t smem = static_cast<size_t>(padded_slots(m)) * sizeof(acc_type);
     auto kernel = read_forward_kernel<scalar_t, acc_type>;
     ensure_smem(kernel, smem, m, "memory_read");
     kernel<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
@@ -379,7 +384,7 @@ at::Tensor memory_read_backward(const at::Tensor& grad_in, const at::Tensor& q_i
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MDR_DISPATCH_FLOATS(q.scalar_type(), "memory_read_backward_cuda", [&] {
     using acc_type = typename Acc<scalar_t>::type;
-    const size_t smem = 3 * static_cast<size_t>(m) * sizeof(acc_type);
+    const size_t smem = 3 * static_cast<size_t>(padded_slots(m)) * sizeof(acc_type);
     auto kernel = read_backward_kernel<scalar_t, acc_type>;
     ensure_smem(kernel, smem, m, "memory_read_backward");
     kernel<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
@@ -418,7 +423,7 @@ at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q_in, const at::Ten
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MDR_DISPATCH_FLOATS(mem.scalar_type(), "memory_update_cuda", [&] {
     using acc_type = typename Acc<scalar_t>::type;
-    const size_t smem = static_cast<size_t>(m) * sizeof(acc_type);
+    const size_t smem = static_cast<size_t>(padded_slots(m)) * sizeof(acc_type);
     auto argmax = update_argmax_kernel<scalar_t, acc_type>;
     ensure_smem(argmax, smem, m, "memory_update_");
     argmax<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(

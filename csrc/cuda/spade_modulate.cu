@@ -31,6 +31,12 @@ constexpr int kClTC = 32, kClTP = 16;
 
 __device__ __forceinline__ float dev_sqrt(float v) { return sqrtf(v); }
 __device__ __forceinline__ double dev_sqrt(double v) { return sqrt(v); }
+// A product nvcc may not fuse into a following add (fma): dxhat must have the same bits in the pass that
+// sums it and the pass that subtracts its mean, or a 1x1 plane (xhat = 0, true grad_x exactly 0) gives
+// rstd times the fma's rounding residue (rstd = 1/sqrt(eps) there): seen on an H100. The CPU kernels get
+// the same from -ffp-contract=off.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // Column sums of a (TP x TC) block, two values at once: thread (tx, ty) contributes (u, v); every thread
 // of column tx gets the column's sums back in (u, v). Fixed tree order; all threads must call it.
@@ -126,8 +132,8 @@ __global__ void __launch_bounds__(TC* TP) bwd_kernel(const T* __restrict__ go, c
     if (valid) {
       for (int64_t p = threadIdx.y; p < HW; p += TP) {
         const int64_t o = base + p * sp;
-        const A dxh = static_cast<A>(go[o]) * (A(1) + static_cast<A>(gamma[o]));
-        const A xh = (static_cast<A>(x[o]) - mu) * rs;
+        const A dxh = mul_rn(static_cast<A>(go[o]), A(1) + static_cast<A>(gamma[o]));
+        const A xh = mul_rn(static_cast<A>(x[o]) - mu, rs);
         u += dxh;
         v += dxh * xh;
       }
@@ -140,9 +146,9 @@ __global__ void __launch_bounds__(TC* TP) bwd_kernel(const T* __restrict__ go, c
   for (int64_t p = threadIdx.y; p < HW; p += TP) {
     const int64_t o = base + p * sp;
     const A gov = static_cast<A>(go[o]);
-    const A xh = (static_cast<A>(x[o]) - mu) * rs;
+    const A xh = mul_rn(static_cast<A>(x[o]) - mu, rs);
     if (gx != nullptr) {
-      const A dxh = gov * (A(1) + static_cast<A>(gamma[o]));
+      const A dxh = mul_rn(gov, A(1) + static_cast<A>(gamma[o]));
       gx[o] = static_cast<T>(rs * (dxh - c1 - xh * c2));
     }
     if (gg != nullptr) gg[o] = static_cast<T>(gov * xh);

@@ -28,8 +28,8 @@ Backward (grad_raw = grad_out * grad_scale is formed as the tiles are loaded, ne
     partial sums to its own slice of a (splits, C_out, K) fp32/fp64 buffer, reduced by torch's sum over the
     split dimension (fixed order, no atomics). Under the interpreter there is one split.
 
-Precision: fp32 accumulation (fp64 for fp64 inputs, gradcheck). fp32 tiles go to tl.dot with its default
-input precision: tf32 on NVIDIA GPUs (SPEC's 5e-4 GPU tolerance), exact fp32 in the interpreter. On GPU
+Precision: fp32 accumulation (fp64 for fp64 inputs, gradcheck). fp32 tiles go to tl.dot as tf32x3 on GPU
+(one tf32 pass gave 1.2e-3 at a training size on an H100, over SPEC's 5e-4), exact fp32 in the interpreter. On GPU
 bf16/fp16 tiles are fed to tl.dot in their own dtype (tensor cores, fp32 accumulate; x*mask is then rounded
 to bf16 as the reference's x*mask is); under the interpreter, which cannot do bf16 arithmetic, everything is
 converted to fp32 first. fp64 uses tl.dot in fp64.
@@ -85,7 +85,7 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
                 M, HoWo, Wo, H, W, CG_IN, CG_OUT, C_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, WINSIZE,
                 sxb, sxc, sxh, sxw, smb, smc, smh, smw, swo, swi, swh, sww, sob, soc, soh, sow,
                 syb, syc, syh, syw,
-                HAS_BIAS: tl.constexpr, MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr,
+                HAS_BIAS: tl.constexpr, MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                 GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr, EPS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Partial conv forward. GATED (groups == 1, 1-channel mask): the weight has 2*C_OUT rows; each program
@@ -134,13 +134,13 @@ def _fwd_kernel(x_ptr, m_ptr, w_ptr, bias_ptr, msum_ptr, out_ptr, nm_ptr, gs_ptr
         else:
             a = xv.to(ACC) * mv.to(ACC)
             wv = wv.to(ACC)
-        acc = tl.dot(a, wv, acc)  # fp32: tf32 on GPU (default input precision), exact here
+        acc = tl.dot(a, wv, acc, input_precision=PREC, out_dtype=ACC)  # fp32: tf32x3 on GPU, exact here
         if GATED:
             wg = tl.load(w_ptr + (co + C_OUT)[None, :] * swo + (ci * swi + r * swh + s * sww)[:, None],
                          mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             if not LOWP:
                 wg = wg.to(ACC)
-            acc_g = tl.dot(a, wg, acc_g)
+            acc_g = tl.dot(a, wg, acc_g, input_precision=PREC, out_dtype=ACC)
     # epilogue: window sum -> ratio, new mask, bias
     msum = tl.load(msum_ptr + offs_m, mask=m_ok, other=0.0)
     nm = tl.minimum(tl.maximum(msum, 0.0), 1.0)
@@ -200,7 +200,7 @@ def _gated_grad(go_ptr, y_ptr, b, c2, oh, ow, ok, C_HALF, sgb, sgc, sgh, sgw, sy
 def _dx_kernel(go_ptr, gs_ptr, w_ptr, m_ptr, gx_ptr, y_ptr,
                MX, HW, W, Ho, Wo, CG_IN, CG_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, C_HALF,
                sgb, sgc, sgh, sgw, swo, swi, swh, sww, smb, smc, smh, smw, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-               MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr,
+               MC: tl.constexpr, LOWP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """gx[b, ci, ih, iw] = mask * sum_{co, r, s} grad_raw[b, co, oh, ow] * w[co, ci, r, s], with
@@ -248,10 +248,10 @@ def _dx_kernel(go_ptr, gs_ptr, w_ptr, m_ptr, gx_ptr, y_ptr,
                      mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if LOWP:
             a = (gov.to(tl.float32) * gsv.to(tl.float32)).to(go_ptr.dtype.element_ty)
-            acc = tl.dot(a, wv, acc)
+            acc = tl.dot(a, wv, acc, input_precision=PREC, out_dtype=ACC)
         else:
             a = gov.to(ACC) * gsv.to(ACC)
-            acc = tl.dot(a, wv.to(ACC), acc)
+            acc = tl.dot(a, wv.to(ACC), acc, input_precision=PREC, out_dtype=ACC)
     if MC:
         mv = tl.load(m_ptr + (b * smb + ih * smh + iw * smw)[:, None] + ci[None, :] * smc,
                      mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)
@@ -268,8 +268,8 @@ def _dw_kernel(go_ptr, gs_ptr, nm_ptr, x_ptr, m_ptr, gw_ptr, gb_ptr, y_ptr,
                M, HoWo, Wo, H, W, CG_IN, CG_OUT, C_OUT, KG, KHW, KW, SH, SW, PH, PW, DH, DW, CHUNKS, C_HALF,
                sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, smb, smc, smh, smw, syb, syc, syh, syw,
                NEED_W: tl.constexpr, NEED_B: tl.constexpr, MC: tl.constexpr, NM_MC: tl.constexpr, LOWP: tl.constexpr,
-               ACC: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+               ACC: tl.constexpr, PREC: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+               SLOPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Program (tile, g, split) sums M-chunks [split*CHUNKS, (split+1)*CHUNKS) into
     gw[split, co, k] (co in the tile's C_out block of group g, k in its K block) and, for K block 0,
     gb[split, co] = sum grad_out * new_mask. GATED: grad_out is formed from the gating's as in _dx_kernel."""
@@ -320,10 +320,10 @@ def _dw_kernel(go_ptr, gs_ptr, nm_ptr, x_ptr, m_ptr, gw_ptr, gb_ptr, y_ptr,
             if LOWP:
                 a = (xv.to(tl.float32) * mv.to(tl.float32)).to(x_ptr.dtype.element_ty)
                 graw = (gov * gsv[:, None]).to(x_ptr.dtype.element_ty)
-                acc = tl.dot(tl.trans(graw), a, acc)
+                acc = tl.dot(tl.trans(graw), a, acc, input_precision=PREC, out_dtype=ACC)
             else:
                 a = xv.to(ACC) * mv.to(ACC)
-                acc = tl.dot(tl.trans(gov * gsv[:, None]), a, acc)
+                acc = tl.dot(tl.trans(gov * gsv[:, None]), a, acc, input_precision=PREC, out_dtype=ACC)
         if NEED_B:
             if do_b:
                 if NM_MC:
@@ -380,6 +380,14 @@ def _launch_gemm(kernel, m_size, n_size, k_size, groups, dtype, args, consts):
     else:
         grid = lambda meta: (triton.cdiv(m_size, meta["BLOCK_M"]), groups * triton.cdiv(n_size, meta["BLOCK_N"]))  # noqa: E731
         _tuned(kernel)[grid](*args, **consts)
+
+
+def _dot_precision(dtype):
+    """fp32 tiles: three tf32 products (tf32x3, about fp32's accuracy; one tf32 pass misses SPEC's 5e-4 at a
+    training size: 1.2e-3 was measured on an H100); fp64 and the interpreter: exact products."""
+    if triton_interpreter() or dtype == torch.float64:
+        return "ieee"
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 def _lowp(dtype):
@@ -456,6 +464,7 @@ def _forward(x, mask, weight, bias, stride, padding, dilation, groups, multi_cha
             y if gated else out, m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, cg_in * kh * kw, *ints, winsize,
             *x.stride(), *mask.stride(), *weight.stride(), *out.stride(), *(y if gated else out).stride())
     consts = dict(HAS_BIAS=bias is not None, MC=bool(multi_channel), LOWP=_lowp(x.dtype), ACC=acc_tl(x.dtype),
+                  PREC=_dot_precision(x.dtype),
                   GATED=gated, ACT=_ACT[activation], SLOPE=float(negative_slope), EPS=MASK_EPS)
     _launch_gemm(_fwd_kernel, m_size, cg_out, cg_in * kh * kw, groups, x.dtype, args, consts)
     out, new_mask = finish(out, x.dtype), finish(new_mask, x.dtype)
@@ -521,7 +530,8 @@ def _backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, 
             args = (grad_out, grad_scale, weight, mask, gx, gate_args[0], m_size, h * w, w, ho, wo, cg_in, cg_out,
                     cg_out * kh * kw, *ints, gate_args[1], *grad_out.stride(), *weight.stride(), *mask.stride(),
                     *gx.stride(), *y_strides)
-            consts = dict(MC=mask.shape[1] != 1, LOWP=lowp, ACC=acc_tl(x.dtype), **gate_consts)
+            consts = dict(MC=mask.shape[1] != 1, LOWP=lowp, ACC=acc_tl(x.dtype), PREC=_dot_precision(x.dtype),
+                          **gate_consts)
             _launch_gemm(_dx_kernel, m_size, cg_in, cg_out * kh * kw, groups, x.dtype, args, consts)
         gx = finish(gx, x.dtype)
     if need_w or need_b:
@@ -543,7 +553,8 @@ def _backward(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, 
             m_size, ho * wo, wo, h, w, cg_in, cg_out, c_out, kg, *ints, per, gate_args[1],
             *grad_out.stride(), *x.stride(), *mask.stride(), *y_strides,
             NEED_W=bool(need_w), NEED_B=bool(need_b), MC=mask.shape[1] != 1, NM_MC=new_mask.shape[1] != 1,
-            LOWP=lowp, ACC=acc_tl(x.dtype), **gate_consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+            LOWP=lowp, ACC=acc_tl(x.dtype), PREC=_dot_precision(x.dtype), **gate_consts, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk, num_warps=4)
         if need_w:
             gw = (gw_part[0] if split == 1 else gw_part.sum(0)).view(c_out, cg_in, kh, kw).to(weight.dtype)
         if need_b:
