@@ -10,7 +10,7 @@ from .. import reference
 from .._dispatch import get_kernel, has_kernel, resolve
 from ..composite._common import out_format
 from ..reference.gated_conv import ACTIVATIONS
-from ._register import conv_out_size, empty_like_format
+from ._register import call, conv_out_size, empty_like_format, register_autograd, register_plain
 from .partial_conv import check_conv_args, check_mask, conv_dtypes, partial_conv2d_op
 
 
@@ -35,6 +35,9 @@ def _(grad_out, y, activation, negative_slope, backend):
     return empty_like_format(y, y.shape)
 
 
+register_plain(gated_activation_backward_op)
+
+
 def _setup_context(ctx, inputs, output):
     y, activation, negative_slope, backend = inputs
     ctx.save_for_backward(y)
@@ -43,10 +46,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     (y,) = ctx.saved_tensors
-    return gated_activation_backward_op(grad_out, y, *ctx.args), None, None, None
+    return call(gated_activation_backward_op, grad_out, y, *ctx.args), None, None, None
 
 
-gated_activation_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(gated_activation_op, _backward, _setup_context)
 
 
 @torch.library.custom_op("mdrnet_fast::gated_partial_conv2d", mutates_args=())
@@ -91,6 +94,9 @@ def _(grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilat
             x.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
 
 
+register_plain(gated_partial_conv2d_backward_op)
+
+
 def _gpc_setup_context(ctx, inputs, output):
     x, mask, weight, bias, stride, padding, dilation, groups, activation, negative_slope, backend = inputs
     _, new_mask, y, grad_scale = output
@@ -104,14 +110,14 @@ def _gpc_backward(ctx, grad_out, _grad_new_mask, _grad_y, _grad_scale):
     x, mask, weight, grad_scale, new_mask, y = ctx.saved_tensors
     stride, padding, dilation, groups, activation, negative_slope, backend = ctx.args
     need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
-    gx, gw, gb = gated_partial_conv2d_backward_op(grad_out.contiguous(memory_format=out_format(x)), x, mask, weight,
-                                                  grad_scale, new_mask, y, stride, padding, dilation, groups,
-                                                  activation, negative_slope, need_x, need_w, need_b, backend)
+    gx, gw, gb = call(gated_partial_conv2d_backward_op, grad_out.contiguous(memory_format=out_format(x)), x, mask,
+                      weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation, negative_slope,
+                      need_x, need_w, need_b, backend)
     return (gx if need_x else None, None, gw if need_w else None, gb if need_b else None,
             None, None, None, None, None, None, None)
 
 
-gated_partial_conv2d_op.register_autograd(_gpc_backward, setup_context=_gpc_setup_context)
+register_autograd(gated_partial_conv2d_op, _gpc_backward, _gpc_setup_context)
 
 
 def gated_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="elu",
@@ -135,11 +141,11 @@ def gated_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
                                       float(negative_slope), mask)
     if mask is None:
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        return gated_activation_op(y, activation, float(negative_slope), backend)
+        return call(gated_activation_op, y, activation, float(negative_slope), backend)
     if has_kernel("gated_partial_conv2d.forward", backend):  # the gating fused into the conv's epilogue
-        out, new_mask, _, _ = gated_partial_conv2d_op(x, mask.contiguous(), weight, bias, stride, padding, dilation,
-                                                      groups, activation, float(negative_slope), backend)
+        out, new_mask, _, _ = call(gated_partial_conv2d_op, x, mask.contiguous(), weight, bias, stride, padding,
+                                   dilation, groups, activation, float(negative_slope), backend)
         return out, new_mask
-    y, new_mask, _ = partial_conv2d_op(x, mask.contiguous(), weight, bias, stride, padding, dilation, groups,
-                                       False, backend)
-    return gated_activation_op(y, activation, float(negative_slope), backend), new_mask
+    y, new_mask, _ = call(partial_conv2d_op, x, mask.contiguous(), weight, bias, stride, padding, dilation, groups,
+                          False, backend)
+    return call(gated_activation_op, y, activation, float(negative_slope), backend), new_mask

@@ -8,6 +8,7 @@ from torch import Tensor
 from .. import reference
 from .._dispatch import get_kernel, resolve
 from . import _checks
+from ._register import call, register_autograd, register_plain
 
 
 @torch.library.custom_op("mdrnet_fast::memory_read", mutates_args=())
@@ -32,6 +33,9 @@ def _(grad, q, mem, attn, tau, backend):
     return q.new_empty(q.shape)
 
 
+register_plain(memory_read_backward_op)
+
+
 def _setup_context(ctx, inputs, output):
     q, mem, tau, backend = inputs
     ctx.save_for_backward(q, mem, output[1])
@@ -42,10 +46,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad, _grad_attn):
     q, mem, attn = ctx.saved_tensors
     tau, backend = ctx.args
-    return memory_read_backward_op(grad.contiguous(), q, mem, attn, tau, backend), None, None, None
+    return call(memory_read_backward_op, grad.contiguous(), q, mem, attn, tau, backend), None, None, None
 
 
-memory_read_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(memory_read_op, _backward, _setup_context)
 
 
 @torch.library.custom_op("mdrnet_fast::memory_update_", mutates_args=("mem",))
@@ -80,7 +84,7 @@ def memory_read(q, mem, tau=1.0):
     backend = resolve("memory_read", q.device)
     if backend == "reference":
         return reference.memory_read(q, mem, tau)
-    q_hat, _ = memory_read_op(q.contiguous(), mem.detach().contiguous(), float(tau), backend)
+    q_hat, _ = call(memory_read_op, q.contiguous(), mem.detach().contiguous(), float(tau), backend)
     return q_hat
 
 

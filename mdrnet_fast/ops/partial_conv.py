@@ -8,7 +8,7 @@ from .. import reference
 from .._dispatch import get_kernel, resolve
 from . import _checks
 from ..composite._common import out_format
-from ._register import conv_out_size, empty_like_format
+from ._register import call, conv_out_size, empty_like_format, register_autograd, register_plain
 
 
 @torch.library.custom_op("mdrnet_fast::partial_conv2d", mutates_args=())
@@ -52,6 +52,9 @@ def _(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation
             grad_out.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
 
 
+register_plain(partial_conv2d_backward_op)
+
+
 def _setup_context(ctx, inputs, output):
     x, mask, weight, bias, stride, padding, dilation, groups, multi_channel, backend = inputs
     _, new_mask, grad_scale = output
@@ -67,13 +70,13 @@ def _backward(ctx, grad_out, _grad_new_mask, _grad_scale):
     need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
     # dense in x's layout (a channels_last gradient stays channels_last: the conv backward runs in it)
     grad_out = grad_out.contiguous(memory_format=out_format(x))
-    gx, gw, gb = partial_conv2d_backward_op(grad_out, x, mask, weight, grad_scale, new_mask, stride,
-                                            padding, dilation, groups, need_x, need_w, need_b, backend)
+    gx, gw, gb = call(partial_conv2d_backward_op, grad_out, x, mask, weight, grad_scale, new_mask, stride, padding,
+                      dilation, groups, need_x, need_w, need_b, backend)
     return (gx if need_x else None, None, gw if need_w else None, gb if need_b else None,
             None, None, None, None, None, None)
 
 
-partial_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(partial_conv2d_op, _backward, _setup_context)
 
 
 def check_conv_args(x, weight, bias, stride, padding, dilation, groups):
@@ -141,6 +144,6 @@ def partial_conv2d(x, mask, weight, bias=None, stride=1, padding=0, dilation=1, 
     backend = resolve("partial_conv2d", x.device)
     if backend == "reference":
         return reference.partial_conv2d(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel)
-    out, new_mask, _ = partial_conv2d_op(x, mask.contiguous(memory_format=out_format(x)), weight, bias, stride,
-                                         padding, dilation, groups, bool(multi_channel), backend)
+    out, new_mask, _ = call(partial_conv2d_op, x, mask.contiguous(memory_format=out_format(x)), weight, bias, stride,
+                            padding, dilation, groups, bool(multi_channel), backend)
     return out, new_mask

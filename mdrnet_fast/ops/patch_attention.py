@@ -9,6 +9,7 @@ from .._dispatch import get_kernel, resolve
 from ..composite._common import out_format
 from ..reference.patch_attention import default_scale
 from . import _checks
+from ._register import call, register_autograd, register_plain
 
 
 @torch.library.custom_op("mdrnet_fast::masked_patch_attention", mutates_args=())
@@ -40,6 +41,9 @@ def _(grad_out, theta, phi, g, mask, out, lse, patch_size, scale, backend):
     return theta.new_empty(theta.shape), phi.new_empty(phi.shape), g.new_empty(g.shape)
 
 
+register_plain(patch_attention_backward_op)
+
+
 def _setup_context(ctx, inputs, output):
     theta, phi, g, mask, patch_size, scale, backend = inputs
     ctx.save_for_backward(theta, phi, g, mask, output[0], output[1])
@@ -49,12 +53,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, _grad_lse):
     theta, phi, g, mask, out, lse = ctx.saved_tensors
-    d_theta, d_phi, d_g = patch_attention_backward_op(grad_out.contiguous(), theta, phi, g, mask, out, lse,
-                                                      *ctx.args)
+    d_theta, d_phi, d_g = call(patch_attention_backward_op, grad_out.contiguous(), theta, phi, g, mask, out, lse,
+                               *ctx.args)
     return d_theta, d_phi, d_g, None, None, None, None
 
 
-patch_attention_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(patch_attention_op, _backward, _setup_context)
 
 
 def masked_patch_attention(theta, phi, g, mask, patch_size, scale: Optional[float] = None):
@@ -84,6 +88,6 @@ def masked_patch_attention(theta, phi, g, mask, patch_size, scale: Optional[floa
     if backend == "reference":
         return reference.masked_patch_attention(theta, phi, g, mask, p, scale)
     fmt = out_format(g)  # the kernels gather from NCHW maps; the result goes back to g's layout
-    out, _ = patch_attention_op(theta.contiguous(), phi.contiguous(), g.contiguous(), mask.to(dtype).contiguous(),
-                                p, scale, backend)
+    out, _ = call(patch_attention_op, theta.contiguous(), phi.contiguous(), g.contiguous(),
+                  mask.to(dtype).contiguous(), p, scale, backend)
     return out.contiguous(memory_format=fmt)

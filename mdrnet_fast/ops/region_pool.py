@@ -10,11 +10,14 @@ from .. import reference
 from .._dispatch import get_kernel, resolve
 from ..composite._common import out_format
 from . import _checks
+from ._register import call, register_autograd
 
 
 def _check_labels(seg: Tensor, num_classes: int) -> None:
-    """Labels outside [0, n) would index out of range: refuse them (eager only; needs a host sync)."""
-    if not seg.is_floating_point() and seg.numel() and not torch.compiler.is_compiling():
+    """Labels outside [0, n) would index out of range: refuse them (eager only; needs a host sync, and real
+    values: under torch.compile or a dispatch mode such as FakeTensorMode there are none to read)."""
+    if (not seg.is_floating_point() and seg.numel() and not torch.compiler.is_compiling()
+            and not torch._C._len_torch_dispatch_stack()):
         lo, hi = int(seg.min()), int(seg.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"seg labels must lie in [0, num_classes={num_classes}), got values in [{lo}, {hi}]")
@@ -49,10 +52,10 @@ def _pool_backward(ctx, grad_codes, _grad_area):
     if normalize:
         inv = torch.where(area > 0, 1.0 / torch.where(area > 0, area, torch.ones_like(area)), torch.zeros_like(area))
         g = (g.to(inv.dtype) * inv.unsqueeze(-1)).to(dtype)
-    return region_broadcast_op(g.contiguous(), seg, num_classes, backend), None, None, None, None
+    return call(region_broadcast_op, g.contiguous(), seg, num_classes, backend), None, None, None, None
 
 
-region_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
+register_autograd(region_pool_op, _pool_backward, _pool_setup)
 
 
 @torch.library.custom_op("mdrnet_fast::region_broadcast", mutates_args=())
@@ -74,12 +77,12 @@ def _broadcast_setup(ctx, inputs, output):
 def _broadcast_backward(ctx, grad_out):
     (seg,) = ctx.saved_tensors
     num_classes, backend = ctx.args
-    grad_codes, _ = region_pool_op(grad_out.contiguous(memory_format=out_format(grad_out)), seg, num_classes, False,
-                                   backend)
+    grad_codes, _ = call(region_pool_op,
+                         grad_out.contiguous(memory_format=out_format(grad_out)), seg, num_classes, False, backend)
     return grad_codes, None, None, None
 
 
-region_broadcast_op.register_autograd(_broadcast_backward, setup_context=_broadcast_setup)
+register_autograd(region_broadcast_op, _broadcast_backward, _broadcast_setup)
 
 
 def _prepare_seg(seg, num_classes: Optional[int], b: int, size) -> Tuple[Tensor, int]:
@@ -121,7 +124,7 @@ def region_avg_pool(feat, seg, num_classes=None):
     backend = resolve("region_pool", feat.device)
     if backend == "reference":
         return reference.region_avg_pool(feat, seg, n)
-    codes, _ = region_pool_op(feat, seg, n, True, backend)
+    codes, _ = call(region_pool_op, feat, seg, n, True, backend)
     return codes
 
 
@@ -136,4 +139,4 @@ def region_broadcast(codes, seg, num_classes=None):
     backend = resolve("region_broadcast", codes.device)
     if backend == "reference":
         return reference.region_broadcast(codes, seg, n)
-    return region_broadcast_op(codes.contiguous(), seg, n, backend)
+    return call(region_broadcast_op, codes.contiguous(), seg, n, backend)

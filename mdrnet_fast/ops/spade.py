@@ -7,7 +7,7 @@ from torch import Tensor
 from .. import reference
 from .._dispatch import get_kernel, resolve
 from . import _checks
-from ._register import empty_like_format
+from ._register import call, empty_like_format, register_autograd, register_plain
 
 
 @torch.library.custom_op("mdrnet_fast::spade_modulate", mutates_args=())
@@ -36,6 +36,9 @@ def _(grad_out, x, gamma, mean, rstd, needs, backend):
     return tuple(empty_like_format(t, t.shape) if need else x.new_empty(0) for t, need in zip(like, needs))
 
 
+register_plain(spade_modulate_backward_op)
+
+
 def _setup_context(ctx, inputs, output):
     x, gamma, beta, eps, backend = inputs
     ctx.save_for_backward(x, gamma, output[1], output[2])
@@ -46,11 +49,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
     x, gamma, mean, rstd = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:3])
-    grads = spade_modulate_backward_op(grad_out, x, gamma, mean, rstd, needs, ctx.backend)
+    grads = call(spade_modulate_backward_op, grad_out, x, gamma, mean, rstd, needs, ctx.backend)
     return (*(gr if need else None for gr, need in zip(grads, needs)), None, None)
 
 
-spade_modulate_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(spade_modulate_op, _backward, _setup_context)
 
 
 def spade_modulate(x, gamma, beta, eps=1e-5):
@@ -68,5 +71,5 @@ def spade_modulate(x, gamma, beta, eps=1e-5):
     backend = resolve("spade_modulate", x.device)
     if backend == "reference":
         return reference.spade_modulate(x, gamma, beta, eps)
-    out, _, _ = spade_modulate_op(x, gamma, beta, float(eps), backend)
+    out, _, _ = call(spade_modulate_op, x, gamma, beta, float(eps), backend)
     return out
