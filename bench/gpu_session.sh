@@ -7,6 +7,7 @@
 #   bash bench/gpu_session.sh sanitize           # compute-sanitizer memcheck over the CUDA kernels' tests
 #   bash bench/gpu_session.sh bench-ops          # op benchmarks: reference, triton, cuda, compile (one run per op)
 #   bash bench/gpu_session.sh bench-model        # whole-model benchmarks (paper preset, 256^2 batch 8 by default)
+#   bash bench/gpu_session.sh overhead           # host time per op call, fwd+bwd on tiny tensors (bench/op_overhead.py)
 #
 # Every stage installs first if mdrnet_fast is not importable with its CUDA extension (ninja rebuilds only
 # what changed). Each stage runs under its own `timeout`, cut to what is left of DEADLINE seconds (default
@@ -93,6 +94,9 @@ for what in "$@"; do
         bench_op "$op" || rc=1
       done
       "$PY" -m mdrnet_fast bench-report "$LOGS"/"$DEV"-*-"$DATE".json 2>&1 | tee "$LOGS/bench-ops-table.txt" ;;
+    overhead)
+      install
+      TAIL=12 stage "host overhead per op" "op-overhead.log" 120 "$PY" bench/op_overhead.py --backend cuda --device cuda ;;
     bench-model)
       install
       TAIL=40 stage "model benchmarks" "bench-model.log" "${MODEL_TIMEOUT:-400}" env MDRNET_FAST_BENCH_MODEL="${MODEL_CONFIGS:-paper:256:8}" \
@@ -100,7 +104,7 @@ for what in "$@"; do
         -k "cuda" --benchmark-json="$LOGS/$DEV-model-$DATE.json" || rc=1
       cp "$LOGS/$DEV-model-$DATE.json" "$OUT"/ 2>/dev/null
       "$PY" -m mdrnet_fast bench-report "$LOGS/$DEV-model-$DATE.json" 2>&1 | tee "$LOGS/bench-model-table.txt" ;;
-    *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model)"; exit 2 ;;
+    *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model, overhead)"; exit 2 ;;
   esac
 done
 exit $rc
