@@ -83,7 +83,9 @@ def _impls(device):
     """Backends, each also with model and inputs in channels_last ("+cl"): the layout is a choice a user
     makes (`mdrnet-fast train --channels-last`), and both sides of every ratio can make it."""
     fast = [b for b in BACKENDS_FOR[device] if mdrnet_fast.backends()[b]["available"]]
-    return ["reference", "reference+cl", *[v for b in fast for v in (b, b + "+cl")], "compile"]
+    # on CUDA `auto` mixes backends per op (_dispatch._CUDA_ORDER): the row a user gets by default
+    auto = ["auto"] if device == "cuda" else []
+    return ["reference", "reference+cl", *[v for b in fast for v in (b, b + "+cl")], *auto, "compile"]
 
 
 def pytest_generate_tests(metafunc):
