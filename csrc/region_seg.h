@@ -41,4 +41,12 @@ inline SegArg seg_arg(const at::Tensor& seg, int64_t B, int64_t H, int64_t W, in
   return out;
 }
 
+// region_broadcast's codes (B, n, C) and seg ranks, after the caller's device and dtype checks of codes.
+inline void check_broadcast_shapes(const at::Tensor& codes, const at::Tensor& seg, int64_t n) {
+  TORCH_CHECK(codes.size(1) == n, "codes must have shape (B, num_classes=", n, ", C), got ", codes.sizes());
+  TORCH_CHECK(seg.defined() && (seg.dim() == 3 || seg.dim() == 4),
+              "seg must be (B, num_classes, H, W) float weights or (B, H, W) integer labels, got ",
+              seg.defined() ? seg.sizes() : at::IntArrayRef{});
+}
+
 }  // namespace mdrnet_fast

@@ -11,7 +11,7 @@ import mdrnet_fast
 from mdrnet_fast import reference as R
 from mdrnet_fast._dispatch import backend_available
 
-from _util import TOL, rel_err
+from _util import TOL, assert_close
 
 CUDA_OK = torch.cuda.is_available() and backend_available("cuda")[0]
 pytestmark = [
@@ -40,11 +40,8 @@ def _no_tf32():
 
 
 def close(fast, ref, dtype, what, tol=TOL):
-    assert fast.shape == ref.shape, f"{what}: shape {tuple(fast.shape)} != {tuple(ref.shape)}"
     assert fast.device.type == "cuda", f"{what}: on {fast.device}"
-    assert torch.isfinite(fast).all(), f"{what}: non-finite values"
-    err = rel_err(fast, ref)
-    assert err <= tol[dtype], f"{what}: relative error {err:.3g} > {tol[dtype]:.0e} ({dtype})"
+    assert_close(fast, ref, dtype, what, tol)
 
 
 def layout(t, kind):

@@ -24,7 +24,7 @@ from mdrnet_fast import ops
 from mdrnet_fast import reference as R
 from mdrnet_fast._dispatch import backend_available, get_kernel
 
-from _util import TOL
+from _util import assert_close as close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_DIR = os.path.join(ROOT, "mdrnet_fast", "cuda_kernels")
@@ -80,20 +80,6 @@ def test_built_module_has_every_function():
 
 
 # ======================================================================= GPU helpers
-
-def rel_err(fast, ref):
-    fast, ref = fast.double(), ref.double()
-    if ref.numel() == 0:
-        return 0.0
-    return ((fast - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
-
-
-def close(fast, ref, dtype, what):
-    assert fast.shape == ref.shape, f"{what}: shape {tuple(fast.shape)} != {tuple(ref.shape)}"
-    assert torch.isfinite(fast).all(), f"{what}: non-finite values"
-    err = rel_err(fast, ref)
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:.0e} ({dtype})"
-
 
 def layout(t, name):
     if name == "channels_last":

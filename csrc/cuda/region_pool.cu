@@ -368,10 +368,7 @@ at::Tensor region_broadcast_forward(const at::Tensor& codes_in, const at::Tensor
   checks::floating(codes_in, "codes");
   c10::cuda::CUDAGuard guard(codes_in.device());
   const int64_t B = codes_in.size(0), n = num_classes, C = codes_in.size(2);
-  TORCH_CHECK(codes_in.size(1) == n, "codes must have shape (B, num_classes=", n, ", C), got ", codes_in.sizes());
-  TORCH_CHECK(seg_in.defined() && (seg_in.dim() == 3 || seg_in.dim() == 4),
-              "seg must be (B, num_classes, H, W) float weights or (B, H, W) integer labels, got ",
-              seg_in.defined() ? seg_in.sizes() : at::IntArrayRef{});
+  check_broadcast_shapes(codes_in, seg_in, n);
   const int64_t H = seg_in.size(-2), W = seg_in.size(-1), HW = H * W;
   const auto acc = acc_dtype(codes_in.scalar_type());
   const SegArg seg = check_seg(seg_in, codes_in, "codes", B, H, W, n, acc);
