@@ -35,6 +35,8 @@ _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 # backward loses more). An empty order means the reference: for masked patch attention, cuBLAS's batched
 # matmuls and softmax beat the Triton flash kernel at every measured size (32^2 and 64^2 maps). The flash
 # kernel's gain is memory (the N x N scores are never stored): force it with MDRNET_FAST_BACKEND=triton.
+# `mdrnet-fast bench-report TABLE.json` prints this order for a table (bench_report.measured_order), and
+# tests/test_bench_report.py holds this dict to the newest committed GPU table.
 _CUDA_ORDER = {
     "partial_conv2d": ("cuda", "triton"),
     "gated_activation": ("cuda", "triton"),

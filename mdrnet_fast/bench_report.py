@@ -12,9 +12,10 @@ Whole-model rows (group "model/...") also get images/s (batch / mean time) and t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 
 @dataclass
@@ -137,6 +138,43 @@ def format_table(rows: List[Row]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# the dispatch kernel family (mdrnet_fast._dispatch) that each op of bench/test_bench_ops.py is timed for
+OP_FAMILY = {"partial_conv2d": "partial_conv2d", "gated_conv2d": "gated_activation", "region_avg_pool": "region_pool",
+             "region_broadcast": "region_broadcast", "memory_read": "memory_read", "memory_update_": "memory_update",
+             "spade_modulate": "spade_modulate", "masked_patch_attention": "patch_attention"}
+
+
+def measured_order(rows: List[Row], impls: Tuple[str, ...] = ("cuda", "triton")) -> Dict[str, Tuple[str, ...]]:
+    """The order `auto` should try the fast backends in on CUDA, per kernel family, from CUDA op rows (forward and forward +
+    backward alike): by the geometric mean of their medians over the rows where every one of them ran its own
+    kernels (a composite fallback is not that backend's kernel). () where the reference beat each of them in
+    every row: then `auto` should take the reference. This is what `_dispatch._CUDA_ORDER` must say for the
+    committed GPU table (tests/test_bench_report.py)."""
+    groups: Dict[str, Dict[str, Row]] = {}
+    for r in rows:
+        if not r.model and r.group.endswith("@cuda"):
+            groups.setdefault(r.group, {})[r.impl] = r
+    logs: Dict[str, Dict[str, List[float]]] = {}
+    ref_always: Dict[str, bool] = {}
+    for group, by_impl in groups.items():
+        family = OP_FAMILY.get(group.split("/", 1)[0])
+        timed = [i for i in impls if i in by_impl and by_impl[i].real_kernel is not False]
+        if family is None or not timed:
+            continue
+        fam = logs.setdefault(family, {i: [] for i in impls})
+        for i in timed:
+            fam[i].append(math.log(by_impl[i].median_ms))
+        ref = by_impl.get("reference")
+        ref_always[family] = ref_always.get(family, True) and ref is not None and all(
+            ref.median_ms < by_impl[i].median_ms for i in timed)
+    order = {}
+    for family, fam in logs.items():
+        n = max(len(v) for v in fam.values())
+        ranked = sorted((sum(v) / n, i) for i, v in fam.items() if len(v) == n)  # every row or not at all
+        order[family] = () if ref_always[family] else tuple(i for _, i in ranked)
+    return order
 
 
 def plot(rows: List[Row], path: Union[str, Path]) -> None:

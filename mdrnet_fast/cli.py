@@ -120,6 +120,11 @@ def _report(json_paths: List[Path], plot_path: Optional[str]) -> int:
         print(f"{len(json_paths)} runs merged: each row is its best median over the runs")
     print(bench_report.describe_run(data) + "\n")
     print(bench_report.format_table(rows))
+    order = bench_report.measured_order(rows)
+    if order:
+        print("\nfastest first per kernel family (what `auto` should try on this device; () = the reference):")
+        for family, impls in sorted(order.items()):
+            print(f"  {family}: {', '.join(impls) or '()'}")
     if plot_path:
         try:
             bench_report.plot(rows, plot_path)

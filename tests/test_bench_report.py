@@ -43,3 +43,27 @@ def test_cli_reports_several_runs(tmp_path, capsys):
     assert cli.main(["bench-report", *paths]) == 0
     out = capsys.readouterr().out
     assert "2 runs merged" in out and "4.00x" in out  # best reference 8 ms over best cpu 2 ms
+
+
+def test_measured_order_ranks_by_geometric_mean_and_takes_the_reference_when_it_always_wins():
+    a, b, p = "memory_read/fwd/x@cuda", "memory_read/fwdbwd/x@cuda", "masked_patch_attention/fwd/x@cuda"
+    rows = bench_report.build_table(_run(
+        (a, "reference", 0.004), (a, "cuda", 0.001), (a, "triton", 0.003),
+        (b, "reference", 0.004), (b, "cuda", 0.006), (b, "triton", 0.005),  # triton wins a row, loses overall
+        (p, "reference", 0.001), (p, "triton", 0.002),
+        ("memory_read/fwd/x@cpu", "triton", 1e-9)))  # CPU rows say nothing about the order on CUDA
+    assert bench_report.measured_order(rows) == {"memory_read": ("cuda", "triton"), "patch_attention": ()}
+
+
+def test_auto_order_on_cuda_is_the_committed_gpu_tables():
+    """_dispatch._CUDA_ORDER is what the committed GPU op benchmarks measured: a new table that flips an
+    order fails here until the dispatch order follows it."""
+    from pathlib import Path
+
+    from mdrnet_fast import _dispatch
+
+    tables = sorted(Path(__file__).resolve().parent.parent.glob("bench/results/nvidia-*-ops-*.json"))
+    assert tables, "no committed GPU op benchmark table"
+    newest = max(tables, key=lambda p: p.name.rsplit("-", 1)[1])  # by the date in the name
+    measured = bench_report.measured_order(bench_report.build_table(bench_report.load(newest)))
+    assert measured == _dispatch._CUDA_ORDER, newest.name

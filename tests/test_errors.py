@@ -36,6 +36,8 @@ BAD = [
     ("seg", lambda: ops.region_avg_pool(feat, torch.ones(2, 8, 8, dtype=torch.bool), 4)),
     ("feat", lambda: ops.region_avg_pool(feat.int(), labels, 4)),
     ("codes", lambda: ops.region_broadcast(torch.randn(2, 3, 5), labels, 4)),
+    ("seg", lambda: ops.region_broadcast(torch.randn(2, 4, 5), labels + 1, 4)),            # label >= n
+    ("seg", lambda: ops.check_labels(labels - 1, 4)),
     ("q", lambda: ops.memory_read(torch.randn(2, 3, 6), mem)),
     ("q", lambda: ops.memory_read(torch.randn(2, 4, 5), mem)),
     ("tau", lambda: ops.memory_read(q, mem, tau=0.0)),
@@ -61,3 +63,15 @@ def test_bad_input_names_the_argument(name, call, backend):
 def test_unknown_backend_name():
     with pytest.raises(ValueError, match="backend"):
         mdrnet_fast.set_backend("gpu")
+
+
+@pytest.mark.parametrize("backend", ["reference"] + fast_backends("region_pool"))
+def test_labels_checked_skips_the_check_and_nothing_else(backend):
+    """labels_checked=True (labels known in range, no host sync on a GPU) gives the checked call's result."""
+    with mdrnet_fast.use_backend(backend):
+        codes = ops.region_avg_pool(feat, labels, 4)
+        torch.testing.assert_close(ops.region_avg_pool(feat, labels, 4, labels_checked=True), codes, rtol=0, atol=0)
+        out = ops.region_broadcast(codes, labels, 4)
+        torch.testing.assert_close(ops.region_broadcast(codes, labels, 4, labels_checked=True), out, rtol=0, atol=0)
+    ops.check_labels(labels, 4)  # in range: no error
+    ops.check_labels(torch.rand(2, 4, 8, 8), 4)  # float weights: nothing to check

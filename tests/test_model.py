@@ -58,6 +58,19 @@ def test_given_labels_skip_the_parser():
     assert out.segmentation is None and torch.equal(out.labels, labels)
 
 
+def test_segmentation_and_parser_output_are_checked_once_at_the_entry():
+    """The region ops inside skip their label check (a host sync each on a GPU): the model checks here."""
+    model = MDRNet(**TINY)
+    image, mask = _inputs()
+    with pytest.raises(ValueError, match=r"seg labels must lie in \[0, num_classes=14\)"):
+        model(image, mask, torch.randint(0, 15, (2, 32, 32)))
+    with pytest.raises(ValueError, match=r"segmentation maps must be \(B,n=14,H,W\)"):
+        model(image, mask, torch.rand(2, 13, 32, 32))
+    model.parser = torch.nn.Conv2d(3, 12, 1)
+    with pytest.raises(ValueError, match=r"the parser must return \(B,n=14,H,W\) logits"):
+        model(image, mask)
+
+
 @pytest.mark.parametrize("backend", fast_backends("partial_conv2d"))
 def test_outputs_and_gradients_match_reference(backend):
     torch.manual_seed(0)

@@ -243,7 +243,7 @@ def run(args) -> int:
                 if labels is not None:  # ground-truth maps also supervise the parser on the real face
                     parser_loss = terms.semantic(model.parser(image), labels)
                     loss = loss + parser_loss
-                    parts["parser"] = float(parser_loss.detach())
+                    parts["parser"] = parser_loss.detach()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if world > 1:

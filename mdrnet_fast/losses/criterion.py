@@ -27,7 +27,7 @@ class LossWeights:
 
 
 class MDRNetLoss(nn.Module):
-    """generator(out, image, mask, target_labels, critic) -> (total, {term: value}).
+    """generator(out, image, mask, target_labels, critic) -> (total, {term: detached 0-d tensor}).
 
     `vgg` (VGG19Features) enables perceptual and style terms; without it they are off (one warning).
     `recon` (a trained ReconstructionNet) enables InCo²; without it InCo² is off (one warning).
@@ -62,7 +62,8 @@ class MDRNetLoss(nn.Module):
                                          self.num_classes) * w.inco2
         if critic is not None and w.adversarial:
             parts["adversarial"] = terms.adversarial_generator(critic(out.output)) * w.adversarial
-        return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+        # the terms stay detached tensors: float() here would be a host sync per term on a GPU
+        return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
 
     @staticmethod
     def critic(critic, image, fake):

@@ -65,28 +65,36 @@ class MDRNet(nn.Module):
         coarse = self.coarse(image * mask, mask)
         p = coarse * (1 - mask) + image * mask  # the coarse face, known pixels kept
 
+        # labels are in [0, n) from here on (an argmax over n channels, or checked once here): the region ops
+        # below skip their own check, which is a host sync per call on a GPU
+        n = self.num_classes
         logits = None
         if segmentation is None:
             logits = self.parser(p)
+            if logits.dim() != 4 or logits.shape[1] != n:
+                raise ValueError(f"the parser must return (B,n={n},H,W) logits, got {tuple(logits.shape)}")
             labels = logits.argmax(1)
         elif segmentation.is_floating_point():
+            if segmentation.dim() != 4 or segmentation.shape[1] != n:
+                raise ValueError(f"segmentation maps must be (B,n={n},H,W), got {tuple(segmentation.shape)}")
             logits, labels = segmentation, segmentation.argmax(1)
         else:
+            ops.check_labels(segmentation, n)
             labels = segmentation.long()
 
         f_s = self.style(p)
         size = f_s.shape[-2:]
         small = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
         valid = F.interpolate(mask, size=size, mode="nearest")
-        n = self.num_classes
-        q = ops.region_avg_pool(f_s, small, n)                      # Q: over all of S
+        q = ops.region_avg_pool(f_s, small, n, labels_checked=True)  # Q: over all of S
         valid_seg = F.one_hot(small, n).permute(0, 3, 1, 2).to(f_s.dtype) * valid
         v = ops.region_avg_pool(f_s, valid_seg)                     # V: over S restricted to the valid area
         present = valid_seg.sum(dim=(2, 3)) > 0
         q_hat = self.memory(q, v, present)                          # DMM: update (training), then read
 
         # MREM: valid area from V, holes from the memory, then masked correlation mining
-        fused = ops.region_broadcast(v, small, n) * valid + ops.region_broadcast(q_hat, small, n) * (1 - valid)
+        fused = (ops.region_broadcast(v, small, n, labels_checked=True) * valid
+                 + ops.region_broadcast(q_hat, small, n, labels_checked=True) * (1 - valid))
         fused = fused.contiguous(memory_format=out_format(f_s))  # broadcast maps are NCHW; keep f_s's layout
         f_f = self.mcm(fused, valid)
 

@@ -4,8 +4,9 @@ from .gated_conv import gated_conv2d
 from .memory import memory_read, memory_update_
 from .partial_conv import partial_conv2d
 from .patch_attention import masked_patch_attention
-from .region_pool import region_avg_pool, region_broadcast
+from .region_pool import check_labels, region_avg_pool, region_broadcast
 from .spade import spade_modulate
 
 __all__ = ["partial_conv2d", "gated_conv2d", "region_avg_pool", "region_broadcast", "memory_read",
-           "memory_update_", "masked_patch_attention", "spade_modulate"]
+           "memory_update_", "masked_patch_attention", "spade_modulate",
+           "check_labels"]

@@ -13,12 +13,16 @@ from . import _checks
 from ._register import call, register_autograd
 
 
-def _check_labels(seg: Tensor, num_classes: int) -> None:
-    """Labels outside [0, n) would index out of range: refuse them (eager only; needs a host sync, and real
-    values: under torch.compile or a dispatch mode such as FakeTensorMode there are none to read)."""
+def check_labels(seg: Tensor, num_classes: int) -> None:
+    """Refuses integer labels outside [0, num_classes) with a ValueError.
+
+    Reading the range is one host sync on a GPU. It is skipped where there are no values to read or where a
+    sync is not allowed: under torch.compile, in a dispatch mode such as FakeTensorMode, and while a CUDA
+    graph is being captured. (The fast kernels ignore such pixels rather than read out of bounds.)"""
     if (not seg.is_floating_point() and seg.numel() and not torch.compiler.is_compiling()
-            and not torch._C._len_torch_dispatch_stack()):
-        lo, hi = int(seg.min()), int(seg.max())
+            and not torch._C._len_torch_dispatch_stack()
+            and not (seg.is_cuda and torch.cuda.is_current_stream_capturing())):
+        lo, hi = torch.stack(torch.aminmax(seg)).tolist()  # one reduction, one sync for both ends
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"seg labels must lie in [0, num_classes={num_classes}), got values in [{lo}, {hi}]")
 
@@ -85,7 +89,7 @@ def _broadcast_backward(ctx, grad_out):
 register_autograd(region_broadcast_op, _broadcast_backward, _broadcast_setup)
 
 
-def _prepare_seg(seg, num_classes: Optional[int], b: int, size) -> Tuple[Tensor, int]:
+def _prepare_seg(seg, num_classes: Optional[int], b: int, size, labels_checked: bool) -> Tuple[Tensor, int]:
     """Checks seg and returns it at `size` as float weights or int64 labels, with n."""
     if not isinstance(seg, Tensor):
         raise TypeError(f"seg must be a torch.Tensor, got {type(seg).__name__}")
@@ -102,7 +106,8 @@ def _prepare_seg(seg, num_classes: Optional[int], b: int, size) -> Tuple[Tensor,
         if num_classes is None:
             raise ValueError("num_classes must be given when seg holds integer labels")
         n = _checks.positive_int("num_classes", num_classes)
-        _check_labels(seg, n)
+        if not labels_checked:
+            check_labels(seg, n)
         seg = seg.long()
         if tuple(seg.shape[-2:]) != tuple(size):
             seg = F.interpolate(seg[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
@@ -112,15 +117,19 @@ def _prepare_seg(seg, num_classes: Optional[int], b: int, size) -> Tuple[Tensor,
     return seg.contiguous(), n
 
 
-def region_avg_pool(feat, seg, num_classes=None):
+def region_avg_pool(feat, seg, num_classes=None, *, labels_checked=False):
     """Region-wise average pooling (SPEC §3): codes (B,n,C); zero for an absent region.
 
     feat (B,C,H,W) float; seg (B,n,h,w) one-hot/soft float or (B,h,w) integer labels with num_classes;
     seg at another size than feat is resized (nearest). No gradient to seg.
+    Integer labels are checked to lie in [0, num_classes), which costs a host sync on a GPU; pass
+    labels_checked=True for labels known to be in range (e.g. an argmax over n channels, or labels already
+    checked with check_labels). Out-of-range labels are then the caller's bug: the fast kernels ignore such
+    pixels, the reference raises an indexing error.
     """
     _checks.tensor("feat", feat, 4)
     _checks.same_device(feat=feat, seg=seg)
-    seg, n = _prepare_seg(seg, num_classes, feat.shape[0], feat.shape[-2:])
+    seg, n = _prepare_seg(seg, num_classes, feat.shape[0], feat.shape[-2:], labels_checked)
     backend = resolve("region_pool", feat.device)
     if backend == "reference":
         return reference.region_avg_pool(feat, seg, n)
@@ -128,12 +137,14 @@ def region_avg_pool(feat, seg, num_classes=None):
     return codes
 
 
-def region_broadcast(codes, seg, num_classes=None):
-    """out[b,:,h,w] = sum_i seg[b,i,h,w] * codes[b,i,:] (SPEC §3), at seg's resolution; (B,C,H,W)."""
+def region_broadcast(codes, seg, num_classes=None, *, labels_checked=False):
+    """out[b,:,h,w] = sum_i seg[b,i,h,w] * codes[b,i,:] (SPEC §3), at seg's resolution; (B,C,H,W).
+
+    labels_checked: as in region_avg_pool (True skips the label range check and its host sync)."""
     _checks.tensor("codes", codes, 3)
     _checks.same_device(codes=codes, seg=seg)
     size = seg.shape[-2:] if isinstance(seg, Tensor) else None  # broadcast keeps seg's own size
-    seg, n = _prepare_seg(seg, num_classes, codes.shape[0], size)
+    seg, n = _prepare_seg(seg, num_classes, codes.shape[0], size, labels_checked)
     if codes.shape[1] != n:
         raise ValueError(f"codes must have shape (B, n={n}, C) to match seg, got {tuple(codes.shape)}")
     backend = resolve("region_broadcast", codes.device)
