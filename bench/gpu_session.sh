@@ -8,6 +8,7 @@
 #   bash bench/gpu_session.sh bench-ops          # op benchmarks: reference, triton, cuda, compile (one run per op)
 #   bash bench/gpu_session.sh bench-model        # whole-model benchmarks (paper preset, 256^2 batch 8 by default)
 #   bash bench/gpu_session.sh overhead           # host time per op call, fwd+bwd on tiny tensors (bench/op_overhead.py)
+#   bash bench/gpu_session.sh profile            # torch.profiler tables of the model steps (bench/profile_model.py)
 #
 # Every stage installs first if mdrnet_fast is not importable with its CUDA extension (ninja rebuilds only
 # what changed). Each stage runs under its own `timeout`, cut to what is left of DEADLINE seconds (default
@@ -97,6 +98,14 @@ for what in "$@"; do
     overhead)
       install
       TAIL=12 stage "host overhead per op" "op-overhead.log" 120 "$PY" bench/op_overhead.py --backend cuda --device cuda ;;
+    profile)
+      install
+      # where the GPU model steps spend their time (self CUDA time per op; GPU busy vs wall): what to speed up next
+      for mode in infer train; do
+        TAIL=45 stage "profile $mode" "profile-$mode.log" "${PROFILE_TIMEOUT:-150}" "$PY" bench/profile_model.py \
+          --device cuda --mode "$mode" --config "${PROFILE_CONFIG:-paper:256:8}" --impls ${PROFILE_IMPLS:-reference auto cuda} \
+          --rows 40 || rc=1
+      done ;;
     bench-model)
       install
       TAIL=40 stage "model benchmarks" "bench-model.log" "${MODEL_TIMEOUT:-400}" env MDRNET_FAST_BENCH_MODEL="${MODEL_CONFIGS:-paper:256:8}" \
@@ -104,7 +113,7 @@ for what in "$@"; do
         -k "cuda" --benchmark-json="$LOGS/$DEV-model-$DATE.json" || rc=1
       cp "$LOGS/$DEV-model-$DATE.json" "$OUT"/ 2>/dev/null
       "$PY" -m mdrnet_fast bench-report "$LOGS/$DEV-model-$DATE.json" 2>&1 | tee "$LOGS/bench-model-table.txt" ;;
-    *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model, overhead)"; exit 2 ;;
+    *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model, overhead, profile)"; exit 2 ;;
   esac
 done
 exit $rc

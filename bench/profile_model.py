@@ -1,0 +1,93 @@
+"""Where a whole-model step spends its time: torch.profiler tables of the benchmark's train or infer step
+(bench/test_bench_model.py's own step, same model, inputs and optimizers), per backend, side by side.
+
+    python bench/profile_model.py --device cuda --impls reference auto --mode infer --config paper:256:8
+    python bench/profile_model.py --device cpu --impls reference+cl cpu+cl --mode train --config cpu-demo:64:4
+
+Prints, per implementation, the median step time (wall clock, synchronised), then the top ops by self device
+time (CUDA) or self CPU time, and on CUDA how busy the GPU was (kernel time / wall time: near 1 means the
+GPU is the limit, well below 1 means the host is). --trace DIR writes a Chrome trace per implementation.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_bench_model as tb  # noqa: E402  (the benchmark's step, so both measure the same thing)
+
+import mdrnet_fast  # noqa: E402
+
+
+def _parse(spec):
+    (config,) = tb._parse_configs(spec)
+    return config
+
+
+def profile(impl, config, mode, device, warmup, steps, rows, trace_dir):
+    step, backend = tb._make_step(config, mode, device, impl)
+    with mdrnet_fast.use_backend(backend):
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()  # synchronises on CUDA
+            times.append(time.perf_counter() - t0)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            wall = (time.perf_counter() - t0) / steps
+    median = statistics.median(times)
+    print(f"\n=== {impl} ({backend} backend), {mode}, {config.tag} on {device}: median {median * 1e3:.2f} ms "
+          f"over {steps} steps")
+    averages = prof.key_averages()
+    if device == "cuda":
+        # self device time of kernels only (no double counting of the ops that launched them)
+        busy = sum(e.self_device_time_total for e in averages) / steps / 1e3
+        print(f"GPU busy {busy:.2f} ms per step of {wall * 1e3:.2f} ms wall under the profiler "
+              f"({busy / (wall * 1e3):.0%}); the rest is the host")
+        print(averages.table(sort_by="self_device_time_total", row_limit=rows))
+    else:
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    if trace_dir:
+        os.makedirs(trace_dir, exist_ok=True)
+        prof.export_chrome_trace(os.path.join(trace_dir, f"{mode}-{config.tag}-{device}-{impl}.json"))
+    return median
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--impls", nargs="+", default=None,
+                   help="as in the model benchmark: reference, auto, cpu, cuda, triton, compile, each +cl for "
+                        "channels_last (default: reference and auto on CUDA, reference+cl and cpu+cl on CPU)")
+    p.add_argument("--mode", choices=["train", "infer"], default="infer")
+    p.add_argument("--config", default=None, help="preset:size:batch (default: paper:256:8 on CUDA, "
+                                                  "cpu-demo:64:4 on CPU)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--trace", metavar="DIR", help="write a Chrome trace per implementation here")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    impls = args.impls or (["reference", "auto"] if cuda else ["reference+cl", "cpu+cl"])
+    config = _parse(args.config or ("paper:256:8" if cuda else "cpu-demo:64:4"))
+    medians = {impl: profile(impl, config, args.mode, args.device, args.warmup, args.steps, args.rows, args.trace)
+               for impl in impls}
+    base = medians[impls[0]]
+    print("\nmedian step, speed-up over " + impls[0] + ": "
+          + ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.2f}x)" for k, v in medians.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
