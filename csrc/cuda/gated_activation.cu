@@ -141,8 +141,22 @@ __global__ void __launch_bounds__(kThreads) bwd_dense_kernel(const T* __restrict
   }
 }
 
+// (b, c, h, w) of element i of a (B, C, H, W) tensor in NCHW order
+struct Index4 {
+  int64_t b, c, h, w;
+};
+
+__device__ __forceinline__ Index4 nchw_index(int64_t i, int64_t C, int64_t H, int64_t W) {
+  const int64_t w = i % W;
+  int64_t t = i / W;
+  const int64_t h = t % H;
+  t /= H;
+  return {t / C, t % C, h, w};
+}
+
 struct Strides4 {
   int64_t b, c, h, w;
+  __device__ __forceinline__ int64_t at(const Index4& k) const { return k.b * b + k.c * c + k.h * h + k.w * w; }
 };
 
 inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
@@ -155,15 +169,11 @@ __global__ void __launch_bounds__(kThreads) fwd_strided_kernel(const T* __restri
   using A = acc_t<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t w = i % W;
-    int64_t t = i / W;
-    const int64_t h = t % H;
-    t /= H;
-    const int64_t c = t % C, b = t / C;
-    const int64_t fo = b * ys.b + c * ys.c + h * ys.h + w * ys.w;
+    const Index4 k = nchw_index(i, C, H, W);
+    const int64_t fo = ys.at(k);
     const A f = static_cast<A>(y[fo]);
     const A g = static_cast<A>(y[fo + C * ys.c]);
-    out[b * os.b + c * os.c + h * os.h + w * os.w] = static_cast<T>(gated_value<A>(f, g, act, slope));
+    out[os.at(k)] = static_cast<T>(gated_value<A>(f, g, act, slope));
   }
 }
 
@@ -175,18 +185,14 @@ __global__ void __launch_bounds__(kThreads) bwd_strided_kernel(const T* __restri
   using A = acc_t<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t w = i % W;
-    int64_t t = i / W;
-    const int64_t h = t % H;
-    t /= H;
-    const int64_t c = t % C, b = t / C;
-    const int64_t fo = b * ys.b + c * ys.c + h * ys.h + w * ys.w;
+    const Index4 k = nchw_index(i, C, H, W);
+    const int64_t fo = ys.at(k);
     const A f = static_cast<A>(y[fo]);
     const A g = static_cast<A>(y[fo + C * ys.c]);
-    const A gv = static_cast<A>(go[b * gos.b + c * gos.c + h * gos.h + w * gos.w]);
+    const A gv = static_cast<A>(go[gos.at(k)]);
     A df, dg;
     gated_grads<A>(gv, f, g, act, slope, df, dg);
-    const int64_t d = b * gys.b + c * gys.c + h * gys.h + w * gys.w;
+    const int64_t d = gys.at(k);
     gy[d] = static_cast<T>(df);
     gy[d + C * gys.c] = static_cast<T>(dg);
   }
