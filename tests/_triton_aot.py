@@ -90,10 +90,11 @@ def variants(full):
             bm, bn, warps, stages, prec = PA._config(d, d, tdt)
             for p in (2, 3) if full else (2,):
                 pa = dict(SCALE=0.125, P=p, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=bm, BLOCK_N=bn)
-                maps = dict(q_ptr=io, k_ptr=io, v_ptr=io, mask_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
-                yield PA._fwd_kernel, dict(maps, out_ptr=io), pa, warps, stages
-                yield (PA._bwd_dq_kernel, dict(maps, go_ptr=io, o_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
-                yield (PA._bwd_dkdv_kernel, dict(maps, go_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
+                maps = dict(qp_ptr=io, kp_ptr=io, vp_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
+                yield PA._fwd_kernel, dict(maps, mask_ptr=io, out_ptr=io), pa, warps, stages
+                # dO' rows and D are packed in the accumulation dtype
+                yield (PA._bwd_dq_kernel, dict(maps, dop_ptr=a, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
+                yield (PA._bwd_dkdv_kernel, dict(maps, dop_ptr=a, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
         # partial conv: on GPU bf16/fp16 feed tl.dot in their own dtype (LOWP), fp32/fp64 in theirs
         lowp = io in ("bf16", "fp16")
         cprec = {"fp64": "ieee", "fp32": "tf32x3"}.get(io, "tf32")  # partial_conv._dot_precision

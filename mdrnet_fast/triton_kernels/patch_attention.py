@@ -2,9 +2,15 @@
 
     out = fold(softmax(SCALE * Theta Phi^T) G) * (1 - mask),  p x p non-overlapping patches, zero-padded maps
 
-Patches are gathered straight from the NCHW maps by index math (patch j of the padded grid, feature e = (c, ky,
-kx) as F.unfold orders it; pixels of the zero padding are masked loads), never unfolded into a copy. The
-feature dims d = C * p^2 are padded to a power of two (>= 16, the smallest tl.dot) and masked.
+The operands the inner loops sweep (K and V in the forward and dQ kernels, Q and dO' in the dK/dV kernel) are
+read from packed patch rows: (B, N, C p^2) copies of the zero-padded maps, feature e = (c, ky, kx) as F.unfold
+orders it (reference.to_patches), so each tile is a coalesced load of whole rows. Gathering them from the NCHW
+maps by index math instead (channel stride H*W inside every patch vector) cost a load per element spread over
+many cache lines, repeated for every query block, and its [rows, d] offset tiles spilled registers (ptxas: 8.7 KB
+of spill stores in the dK/dV kernel at fp32, d = 256). The packs are the size of the inputs (O(B N d), never
+N^2). Tiles read once per program (a program's own queries or keys) and the outputs still go straight to and
+from the NCHW maps by index math. The feature dims d = C * p^2 are padded to a power of two (>= 16, the
+smallest tl.dot) and masked.
 
 Skipping: a query patch with no hole pixel (1 - mask == 0 on all its pixels inside H x W; the padding does
 not count) has a zero output and contributes to no gradient. The host lists the active query patches of each
@@ -14,19 +20,20 @@ over the active query blocks only. Skipped queries keep lse = +inf (as the CPU k
 d_theta rows stay zero.
 
 Forward: one program per (block of BLOCK_M active queries, batch); Q stays in registers, the loop over key
-blocks of BLOCK_N patches gathers K (phi) and V (g), scores with tl.dot, online softmax, acc += P V. The
+blocks of BLOCK_N patches loads K (phi) and V (g) rows, scores with tl.dot, online softmax, acc += P V. The
 output is stored folded back into (B, Cv, H, W) with the (1 - mask) factor applied; lse = m + log(l).
 
 Backward (flash-attention-2, recomputing P = exp(SCALE q.k - lse) from the saved lse). With dO' = dO * (1 - mask)
 (the gradient reaching the unmasked output O = P V) and D_i = sum_j P_ij dP_ij = <dO'_i, O_i>, dP = dO' V^T:
     dV = P^T dO',   dS = P * (dP - D) * SCALE,   dQ = dS K,   dK = dS^T Q.
 D comes from the forward's saved output: out = O * (1 - mask), so D_i = sum of dO * out over the query
-patch's pixels. The dQ kernel (per query block) computes it with its loads, stores it per active query, and
-sweeps the keys once for dQ; the dK/dV kernel (per key block) then loops over the active query blocks. Every
+patch's pixels: the host takes it with the packing (one pass over dO and out). The dQ kernel (per query
+block) sweeps the keys once for dQ; the dK/dV kernel (per key block) loops over the active query blocks. Every
 output pixel has exactly one writer (patches do not overlap): plain stores, no atomics, and a fixed
 summation order.
 
-Memory: O(B * N) for lse, D and the active-query list besides the inputs and gradients.
+Memory: the packed rows (the size of theta, phi, g, and of grad_out in the backward) and O(B * N) for lse, D
+and the active-query list, besides the inputs and gradients.
 Scalars that must be exact in fp64 (SCALE) are constexpr: Triton passes runtime floats as fp32.
 """
 import torch
@@ -37,6 +44,7 @@ import triton.language as tl
 from .._dispatch import register_kernel, triton_interpreter
 from ..composite import patch_attention as _composite
 from ..composite._common import acc_dtype, no_autocast
+from ..reference.patch_attention import pad_to_multiple, to_patches
 from ._common import acc_tl, finish, out_buffer, pow2
 
 
@@ -57,24 +65,27 @@ def _patch_offsets(idx, valid, C, H, W, NPW, P: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _load_patches(ptr, b, idx, valid, C, H, W, NPW, P: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr):
-    """The [len(idx), D] tile of patches `idx` of map b of a (B, C, H, W) tensor, zero-padded, in ACC."""
-    c, pix, m = _patch_offsets(idx, valid, C, H, W, NPW, P, D)
-    return tl.load(ptr + b * C * H * W + c[None, :] + pix, mask=m, other=0.0).to(ACC)
+def _load_rows(ptr, b, rows, valid, N, DR, D: tl.constexpr, ACC: tl.constexpr):
+    """Rows `rows` of batch b of a packed (B, N, DR) patch matrix as a [len(rows), D] tile (columns >= DR zero)."""
+    e = tl.arange(0, D)
+    offs = (b * N + rows.to(tl.int64))[:, None] * DR + e[None, :]
+    return tl.load(ptr + offs, mask=valid[:, None] & (e < DR)[None, :], other=0.0).to(ACC)
 
 
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_ptr, Ck, Cv, H, W, NPW, N,
+def _fwd_kernel(qp_ptr, kp_ptr, vp_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_ptr, Ck, Cv, H, W, NPW, N,
                 SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """qp, kp, vp: packed patch rows (B, N, C p^2) of theta, phi, g."""
     b = tl.program_id(1).to(tl.int64)
     m0 = tl.program_id(0) * BLOCK_M
     hw = H * W
+    dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
     rows = m0 + tl.arange(0, BLOCK_M)
     rvalid = rows < cnt
     qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
-    q = _load_patches(q_ptr, b, qidx, rvalid, Ck, H, W, NPW, P, DK, ACC)
+    q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
     m_i = tl.full([BLOCK_M], -float("inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
     acc = tl.zeros([BLOCK_M, DV], ACC)
@@ -82,8 +93,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_pt
     for n0 in range(0, kv_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cvalid = cols < N
-        k = _load_patches(k_ptr, b, cols, cvalid, Ck, H, W, NPW, P, DK, ACC)
-        v = _load_patches(v_ptr, b, cols, cvalid, Cv, H, W, NPW, P, DV, ACC)
+        k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, ACC)
+        v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, ACC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
         s = tl.where(cvalid[None, :], s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))     # finite: column n0 is a real key
@@ -101,80 +112,76 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_pt
 
 
 @triton.jit
-def _bwd_dq_kernel(go_ptr, o_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dq_ptr,
+def _bwd_dq_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dq_ptr,
                    Ck, Cv, H, W, NPW, N,
                    SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Per block of active queries: D_i = <dO_i, out_i> (stored at the query's place in the active list),
-    then dQ_i = sum_j dS_ij K_j, stored into d_theta."""
+    """Per block of active queries: dQ_i = sum_j dS_ij K_j, stored into d_theta. qp, kp, vp, dop: packed rows
+    of theta, phi, g and dO' = grad_out * (1 - mask); dsum (B, N): D_i per query patch."""
     b = tl.program_id(1).to(tl.int64)
     m0 = tl.program_id(0) * BLOCK_M
     hw = H * W
+    dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
     rows = m0 + tl.arange(0, BLOCK_M)
     rvalid = rows < cnt
     qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
-    qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
-    q = tl.load(q_ptr + b * Ck * hw + qc[None, :] + qpix, mask=qm, other=0.0).to(ACC)
-    oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
-    keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
-    go = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC)
-    o = tl.load(o_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC)
-    dsum = tl.sum(go * o, axis=1)       # <dO', O> = <dO (1 - mask), O> = <dO, out>
-    do = go * keep
+    q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
+    do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, ACC)
     lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
+    dsum = tl.load(dsum_ptr + b * N + qidx, mask=rvalid, other=0.0)
     kv_end = tl.where(m0 < cnt, N, 0)
-    tl.store(dsum_ptr + b * N + rows, dsum, mask=rvalid)
     dq = tl.zeros([BLOCK_M, DK], ACC)
     for n0 in range(0, kv_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cvalid = cols < N
-        k = _load_patches(k_ptr, b, cols, cvalid, Ck, H, W, NPW, P, DK, ACC)
-        v = _load_patches(v_ptr, b, cols, cvalid, Cv, H, W, NPW, P, DV, ACC)
+        k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, ACC)
+        v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, ACC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
         pr = tl.where(cvalid[None, :], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = pr * (dp - dsum[:, None]) * SCALE
         dq += tl.dot(ds, k, input_precision=PREC)
+    qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
     tl.store(dq_ptr + b * Ck * hw + qc[None, :] + qpix, dq.to(dq_ptr.dtype.element_ty), mask=qm)
 
 
 @triton.jit
-def _bwd_dkdv_kernel(go_ptr, q_ptr, k_ptr, v_ptr, mask_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dk_ptr, dv_ptr,
+def _bwd_dkdv_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dk_ptr, dv_ptr,
                      Ck, Cv, H, W, NPW, N,
                      SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                      DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per block of key patches (all of them): dV_j = sum_i P_ij dO'_i, dK_j = sum_i dS_ij Q_i over the active
-    queries; every key pixel is written (zeros where no query is active)."""
+    queries; every key pixel is written (zeros where no query is active). qp, kp, vp, dop: packed rows of
+    theta, phi, g and dO' = grad_out * (1 - mask)."""
     b = tl.program_id(1).to(tl.int64)
     n0 = tl.program_id(0) * BLOCK_N
     hw = H * W
+    dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
     cols = n0 + tl.arange(0, BLOCK_N)
     cvalid = cols < N
-    kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
-    k = tl.load(k_ptr + b * Ck * hw + kc[None, :] + kpix, mask=km, other=0.0).to(ACC)
-    vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
-    v = tl.load(v_ptr + b * Cv * hw + vc[None, :] + vpix, mask=vm, other=0.0).to(ACC)
+    k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, ACC)
+    v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, ACC)
     dk = tl.zeros([BLOCK_N, DK], ACC)
     dv = tl.zeros([BLOCK_N, DV], ACC)
     for m0 in range(0, cnt, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         rvalid = rows < cnt
         qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
-        q = _load_patches(q_ptr, b, qidx, rvalid, Ck, H, W, NPW, P, DK, ACC)
-        oc, opix, om = _patch_offsets(qidx, rvalid, Cv, H, W, NPW, P, DV)
-        keep = 1.0 - tl.load(mask_ptr + b * hw + opix, mask=om, other=1.0).to(ACC)
-        do = tl.load(go_ptr + b * Cv * hw + oc[None, :] + opix, mask=om, other=0.0).to(ACC) * keep
+        q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
+        do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, ACC)
         lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
-        dsum = tl.load(dsum_ptr + b * N + rows, mask=rvalid, other=0.0)
+        dsum = tl.load(dsum_ptr + b * N + qidx, mask=rvalid, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
         pr = tl.where(rvalid[:, None], tl.exp(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(pr), do, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = pr * (dp - dsum[:, None]) * SCALE
         dk += tl.dot(tl.trans(ds), q, input_precision=PREC)
+    kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
     tl.store(dk_ptr + b * Ck * hw + kc[None, :] + kpix, dk.to(dk_ptr.dtype.element_ty), mask=km)
+    vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
     tl.store(dv_ptr + b * Cv * hw + vc[None, :] + vpix, dv.to(dv_ptr.dtype.element_ty), mask=vm)
 
 
@@ -184,21 +191,22 @@ def _config(dk, dv, dtype):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages, dot precision). The interpreter gets small fixed blocks (every
     program and every op costs Python time; 16 keeps several blocks in small tests).
 
-    GPU (untuned: no GPU was available when this was written; sized so the kernels fit in the 227 KiB of shared
-    memory of an sm_90 block, from the `shared` metadata of offline sm_90 compiles, fwd / dq / dkdv KiB):
-    16-bit inputs with d <= 128 run the usual 64 x 64 flash tiles, 4 warps, 2 stages (96 / 160 / 96); fp32 goes
-    through 3-pass tf32 dots whose staging costs more shared memory: 32 x 32 (72 / 96 / 96); wider patch vectors
-    (d = C p^2 up to 512, the model's default 128 channels at p = 2) shrink the tiles (fp32 d = 512, 16 x 16,
-    8 warps, 1 stage: 96 / 160 / 192); fp64 (a test dtype) runs 16 x 16 tiles."""
+    GPU (not yet timed on a GPU; sized so the kernels fit in the 227 KiB of shared memory of an sm_90 block and
+    spill little, from offline sm_90 compiles: `python bench/triton_resources.py` prints registers, spills and
+    shared memory per kernel): 16-bit inputs with d <= 128 run the usual 64 x 64 flash tiles, 2 stages, 8 warps
+    (4 warps spilled 0.6 / 1.0 / 1.6 KB in fwd / dq / dkdv, 8 warps 0 / 0.3 / 0.6); fp32 goes through 3-pass
+    tf32 dots whose staging costs more shared memory: 32 x 32, 8 warps; wider patch vectors (d = C p^2 up to
+    512, the model's default 128 channels at p = 2) shrink the tiles (fp32 d = 256: 16 x 16, 8 warps, 1 stage;
+    d = 512 still spills kilobytes in the backward at any tile that fits); fp64 (a test dtype) runs 16 x 16."""
     if triton_interpreter():
         return 16, 16, 1, 1, "ieee"
     widest = max(dk, dv)
     if dtype == torch.float64:
         block, warps, stages = 16, 4, 2 if widest <= 128 else 1
     elif dtype == torch.float32:
-        block, warps, stages = (32, 4, 2) if widest <= 128 else (16, 8, 1)
+        block, warps, stages = (32, 8, 2) if widest <= 128 else (16, 8, 1)
     elif widest <= 128:
-        block, warps, stages = 64, 4, 2
+        block, warps, stages = 64, 8, 2
     else:
         block, warps, stages = (32, 8, 2) if widest <= 256 else (16, 8, 2)
     # fp32 inputs: 3-pass tf32 (about fp32 accuracy; plain tf32 truncation would eat most of the 5e-4 budget);
@@ -228,6 +236,11 @@ def _active(mask, p, nph, npw, acc):
     return idx, act.sum(1, dtype=torch.int32)
 
 
+def _pack(x, p):
+    """(B, C, H, W) -> the (B, N, C p^2) contiguous patch rows of the zero-padded map, in x's dtype."""
+    return to_patches(pad_to_multiple(x, p), p).contiguous()
+
+
 def _zeros(shape, dtype, device):
     return out_buffer(shape, dtype, device).zero_()
 
@@ -250,7 +263,8 @@ def forward(theta, phi, g, mask, patch_size, scale):
     dk, dv = pow2(ck * p * p, 16), pow2(cv * p * p, 16)
     bm, bn, warps, stages, prec = _config(dk, dv, theta.dtype)
     _fwd_kernel[(triton.cdiv(n, bm), bsz)](
-        theta, phi, g, mask, idx, cnt, out, lse, ck, cv, h, w, npw, n, SCALE=float(scale), P=p,
+        _pack(theta, p), _pack(phi, p), _pack(g, p), mask, idx, cnt, out, lse, ck, cv, h, w, npw, n,
+        SCALE=float(scale), P=p,
         ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
         num_stages=stages)
     return finish(out, g.dtype), lse
@@ -274,13 +288,16 @@ def backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale):
         return finish(d_theta, theta.dtype), finish(d_phi.zero_(), phi.dtype), finish(d_g.zero_(), g.dtype)
     lse = lse.to(acc).contiguous()
     idx, cnt = _active(mask, p, nph, npw, acc)
-    dsum = torch.empty((bsz, n), dtype=acc, device=theta.device)
     dk, dv = pow2(ck * p * p, 16), pow2(cv * p * p, 16)
     bm, bn, warps, stages, prec = _config(dk, dv, theta.dtype)
     common = dict(SCALE=float(scale), P=p, ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm,
                   BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    qp, kp, vp = _pack(theta, p), _pack(phi, p), _pack(g, p)
+    go = grad_out.to(acc)
+    dop = _pack(go * (1 - mask.to(acc)), p)  # dO' = dO (1 - mask), what reaches O = P V; in ACC
+    dsum = _pack(go * out.to(acc), p).sum(-1).contiguous()  # D_i = <dO', O_i> = <dO, out> over patch i's pixels
     _bwd_dq_kernel[(triton.cdiv(n, bm), bsz)](
-        grad_out, out, theta, phi, g, mask, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
+        qp, kp, vp, dop, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
     _bwd_dkdv_kernel[(triton.cdiv(n, bn), bsz)](
-        grad_out, theta, phi, g, mask, idx, cnt, lse, dsum, d_phi, d_g, ck, cv, h, w, npw, n, **common)
+        qp, kp, vp, dop, idx, cnt, lse, dsum, d_phi, d_g, ck, cv, h, w, npw, n, **common)
     return finish(d_theta, theta.dtype), finish(d_phi, phi.dtype), finish(d_g, g.dtype)
