@@ -14,14 +14,13 @@ import sys
 import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 import triton.backends.nvidia  # noqa: E402
 import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from _triton_aot import compile_sm90  # noqa: E402  (tests/_triton_aot.py: the offline sm_90 compile)
 
 from mdrnet_fast.triton_kernels import patch_attention as PA  # noqa: E402
 
@@ -31,14 +30,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, 
 
 def resources(kernel, ptrs, consts, warps, stages):
     """(shared bytes, registers, spill-store bytes) of one compiled variant."""
-    sig, cx = {}, {}
-    for name in kernel.arg_names:
-        if name in consts:
-            sig[name], cx[name] = "constexpr", consts[name]
-        else:
-            sig[name] = "*" + ptrs[name] if name in ptrs else "i32"
-    compiled = triton.compile(ASTSource(kernel, sig, cx), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": warps, "num_stages": stages})
+    compiled = compile_sm90(kernel, ptrs, consts, warps, stages)
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
     try:

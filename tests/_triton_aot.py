@@ -28,7 +28,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_90
 
 
-def _compile(kernel, ptrs, consts, num_warps=4, num_stages=None):
+def compile_sm90(kernel, ptrs, consts, num_warps=4, num_stages=None):
+    """The kernel compiled for sm_90: ptrs name -> pointee dtype, consts name -> constexpr, other args i32.
+    (bench/triton_resources.py uses it too.)"""
     sig, cx = {}, {}
     for name in kernel.arg_names:
         if name in consts:
@@ -41,6 +43,7 @@ def _compile(kernel, ptrs, consts, num_warps=4, num_stages=None):
     shared = compiled.metadata.shared
     if shared > SHARED_LIMIT:
         raise RuntimeError(f"needs {shared} bytes of shared memory, sm_90 allows {SHARED_LIMIT} per block")
+    return compiled
 
 
 def variants(full):
@@ -126,7 +129,7 @@ def main(full=False):
     for kernel, ptrs, consts, warps, *stages in variants(full):
         count += 1
         try:
-            _compile(kernel, ptrs, consts, warps, *stages)
+            compile_sm90(kernel, ptrs, consts, warps, *stages)
         except Exception as exc:  # report every failing variant, not just the first
             failures.append(f"{kernel.__name__} {ptrs} {consts}: {str(exc)[-2000:]}")
     print(f"compiled {count - len(failures)}/{count} kernel variants for sm_90")

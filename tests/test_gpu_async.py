@@ -2,6 +2,8 @@
 queue, and torch.cuda.graph cannot capture it), and every op must capture into a CUDA graph and replay to
 the eager result. The region ops' label range check is the one documented sync (labels_checked=True skips
 it, and it is skipped while a graph is being captured)."""
+import contextlib
+
 import pytest
 import torch
 
@@ -61,6 +63,17 @@ PARAMS = [pytest.param(name, be, id=f"{name}-{be}") for name, (fam, _, _) in CAS
           (_backends(fam) if torch.cuda.is_available() else ["cuda"])]
 
 
+@contextlib.contextmanager
+def _syncs_are_errors():
+    """Any host sync inside raises (the GPU work queued before it has been drained first)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def _fwd_bwd(name, t):
     _, diff, f = CASES[name]
     leaves = {k: (v.detach().clone().requires_grad_(k in diff) if v.is_floating_point() else v) for k, v in t.items()}
@@ -74,12 +87,8 @@ def test_no_host_sync_in_forward_and_backward(name, backend):
     t = _inputs("cuda")
     with mdrnet_fast.use_backend(backend):
         _fwd_bwd(name, t)  # warm up: Triton compiles, cuDNN picks its algorithms
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with _syncs_are_errors():
             _fwd_bwd(name, t)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -89,25 +98,17 @@ def test_no_host_sync_in_memory_update(backend):
     t = _inputs("cuda")
     with mdrnet_fast.use_backend(backend):
         ops.memory_update_(t["mem"], t["q"], t["v"], t["present"], 0.9)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with _syncs_are_errors():
             ops.memory_update_(t["mem"], t["q"], t["v"], t["present"], 0.9)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
 
 
 def test_the_label_check_is_the_one_sync_and_labels_checked_skips_it():
     t = _inputs("cuda")
     ops.region_avg_pool(t["x"], t["labels"], N)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with _syncs_are_errors():
         with pytest.raises(RuntimeError, match="synchroniz"):
             ops.region_avg_pool(t["x"], t["labels"], N)
         ops.region_avg_pool(t["x"], t["labels"], N, labels_checked=True)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
     with pytest.raises(ValueError, match=r"seg labels must lie in \[0, num_classes=5\)"):
         ops.region_avg_pool(t["x"], t["labels"] + 1, N)
 
@@ -145,9 +146,5 @@ def test_model_forward_has_no_host_sync():
     mask = (torch.rand(2, 1, 64, 64, device="cuda") > 0.4).float()
     with torch.no_grad():
         model(image, mask)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with _syncs_are_errors():
             model(image, mask)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
