@@ -22,7 +22,7 @@ from mdrnet_fast.commands.common import PRESETS
 from mdrnet_fast.data import FreeFormMasks
 from mdrnet_fast.data.synthetic import make_batch
 from mdrnet_fast.losses import LossWeights, MDRNetLoss, terms
-from mdrnet_fast.models import MDRNet, PatchGAN
+from mdrnet_fast.models import GraphedInference, MDRNet, PatchGAN
 
 QUICK = os.environ.get("MDRNET_FAST_BENCH_QUICK", "0") == "1"
 # seconds of timed calls per benchmark, and the bounds on the round count it gives. A model step is
@@ -83,8 +83,9 @@ def _impls(device):
     """Backends, each also with model and inputs in channels_last ("+cl"): the layout is a choice a user
     makes (`mdrnet-fast train --channels-last`), and both sides of every ratio can make it."""
     fast = [b for b in BACKENDS_FOR[device] if mdrnet_fast.backends()[b]["available"]]
-    # on CUDA `auto` mixes backends per op (_dispatch._CUDA_ORDER): the row a user gets by default
-    auto = ["auto"] if device == "cuda" else []
+    # on CUDA `auto` mixes backends per op (_dispatch._CUDA_ORDER): the row a user gets by default; "+graph":
+    # inference replayed from a CUDA graph (models.GraphedInference), for the reference and for auto alike
+    auto = ["auto", "auto+graph", "reference+graph"] if device == "cuda" else []
     return ["reference", "reference+cl", *[v for b in fast for v in (b, b + "+cl")], *auto, "compile"]
 
 
@@ -94,6 +95,8 @@ def pytest_generate_tests(metafunc):
         for config in _configs(device):
             for mode in ("train", "infer"):
                 for impl in _impls(device):
+                    if mode == "train" and impl.endswith("+graph"):  # graphs are for inference here
+                        continue
                     params.append((config, mode, device, impl))
                     ids.append(f"model-{mode}-{config.tag}-{device}-{impl}")
     metafunc.parametrize("config,mode,device,impl", params, ids=ids)
@@ -132,8 +135,8 @@ def _quiet_criterion():
 def _make_step(config, mode, device, impl):
     """The function timed per round, its model, and the backend context it runs under."""
     proto_model, proto_critic, inputs = _prototype(config)
-    impl, _, layout = impl.partition("+")
-    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+    impl, _, variant = impl.partition("+")
+    fmt = torch.channels_last if variant == "cl" else torch.contiguous_format
     model = copy.deepcopy(proto_model).to(device, memory_format=fmt)
     image, mask = (inputs[k].to(device).contiguous(memory_format=fmt) for k in ("image", "mask"))
     labels = inputs["labels"].to(device)
@@ -146,6 +149,15 @@ def _make_step(config, mode, device, impl):
     else:
         forward = model
 
+    if mode == "infer" and variant == "graph":
+        with mdrnet_fast.use_backend(backend):  # the graph replays the kernels of the backend it was captured with
+            graphed = GraphedInference(model, image, mask, clone=False)
+
+        def step():
+            graphed(image, mask)
+            _sync(device)
+
+        return step, backend
     if mode == "infer":
         model.eval()
 

@@ -122,3 +122,38 @@ def test_bad_sizes_are_refused():
     model = MDRNet(**TINY)
     with pytest.raises(ValueError, match="mask"):
         model(torch.rand(2, 3, 32, 32), torch.ones(2, 3, 32, 32))
+
+
+def test_graphed_inference_needs_cuda_tensors():
+    from mdrnet_fast.models import GraphedInference
+
+    image, mask = _inputs()
+    with pytest.raises(ValueError, match="GraphedInference needs CUDA tensors: image is cpu"):
+        GraphedInference(MDRNet(**TINY), image, mask)
+
+
+_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@_GPU
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_graphed_inference_replays_the_eager_forward(backend):
+    from mdrnet_fast.models import GraphedInference
+
+    torch.manual_seed(0)
+    model = MDRNet(**TINY).cuda().eval()
+    image, mask = (t.cuda() for t in _inputs())
+    with mdrnet_fast.use_backend(backend):
+        graphed = GraphedInference(model, image, mask)
+        for seed in (1, 2):  # new values through the same graph
+            torch.manual_seed(seed)
+            image2 = torch.rand_like(image) * 2 - 1
+            mask2 = (torch.rand_like(mask) > 0.4).float()
+            got = graphed(image2, mask2)
+            with torch.no_grad():
+                want = model(image2, mask2)
+            torch.testing.assert_close(got.output, want.output, rtol=1e-4, atol=1e-5)
+            assert torch.equal(got.labels, want.labels)
+    with pytest.raises(ValueError, match=r"image must be \(2, 3, 32, 32\)"):
+        graphed(image[:1], mask[:1])
