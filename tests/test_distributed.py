@@ -1,6 +1,7 @@
 """Data parallelism: every rank applies the same memory update from the gathered batch (SPEC §4)."""
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -31,12 +32,26 @@ def _worker(rank, world, port, out_dir):
         share = slice(rank * len(q) // world, (rank + 1) * len(q) // world)
         mem(q[share], v[share], present[share])
     torch.save(mem.memory, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # both ranks are done before either closes its connections
     dist.destroy_process_group()
+
+
+def _spawn(world, out_dir):
+    """Runs the ranks. A rank that aborts (SIGABRT: gloo's "terminate called without an active exception")
+    while tearing its connections down after every rank saved its result is the transport's shutdown, not
+    the memory's: seen once in CI. The results are then complete and are checked as usual."""
+    try:
+        mp.spawn(_worker, args=(world, _free_port(), str(out_dir)), nprocs=world, join=True)
+    except mp.ProcessExitedException as exc:
+        saved = all((out_dir / f"rank{r}.pt").exists() for r in range(world))
+        if not (saved and exc.signal_name == "SIGABRT"):
+            raise
+        warnings.warn(f"a gloo rank aborted at teardown after saving its result: {exc}")
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_keep_identical_memories_equal_to_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn(2, tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert torch.equal(rank0, rank1)
     torch.manual_seed(0)
