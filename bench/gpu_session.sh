@@ -108,11 +108,17 @@ for what in "$@"; do
       done ;;
     bench-model)
       install
-      TAIL=40 stage "model benchmarks" "bench-model.log" "${MODEL_TIMEOUT:-400}" env MDRNET_FAST_BENCH_MODEL="${MODEL_CONFIGS:-paper:256:8}" \
-        "$PY" -m pytest bench/test_bench_model.py --benchmark-only --benchmark-quiet -q -p no:cacheprovider -p no:warnings \
-        -k "cuda" --benchmark-json="$LOGS/$DEV-model-$DATE.json" || rc=1
-      cp "$LOGS/$DEV-model-$DATE.json" "$OUT"/ 2>/dev/null
-      "$PY" -m mdrnet_fast bench-report "$LOGS/$DEV-model-$DATE.json" 2>&1 | tee "$LOGS/bench-model-table.txt" ;;
+      # eager rows first (each a few seconds), then torch.compile's (a cold compile of a training step takes
+      # minutes): a run cut by the deadline still has the eager table. MODEL_PARTS="eager" leaves compile out.
+      for part in ${MODEL_PARTS:-eager compile}; do
+        sel=$([ "$part" = compile ] && echo "cuda and compile" || echo "cuda and not compile")
+        json="$LOGS/$DEV-model-$DATE-$part.json"
+        TAIL=40 stage "model benchmarks ($part)" "bench-model-$part.log" "${MODEL_TIMEOUT:-400}" \
+          env MDRNET_FAST_BENCH_MODEL="${MODEL_CONFIGS:-paper:256:8}" "$PY" -m pytest bench/test_bench_model.py \
+          --benchmark-only --benchmark-quiet -q -p no:cacheprovider -p no:warnings -k "$sel" --benchmark-json="$json" || rc=1
+        cp "$json" "$OUT"/ 2>/dev/null
+        "$PY" -m mdrnet_fast bench-report "$json" 2>&1 | tee "$LOGS/bench-model-$part-table.txt"
+      done ;;
     *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model, overhead, profile)"; exit 2 ;;
   esac
 done
