@@ -9,17 +9,18 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.fl
 LOW = (torch.bfloat16, torch.float16)
 
 
-def rel_err(fast, ref):
+def rel_err(fast, ref, floor=1e-6):
+    """max|fast - ref| / max(max|ref|, floor)."""
     fast, ref = fast.double(), ref.double()
     if ref.numel() == 0:
         return 0.0
-    return ((fast - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+    return ((fast - ref).abs().max() / ref.abs().max().clamp_min(floor)).item()
 
 
-def assert_close(fast, ref, dtype, what="", tol=TOL):
+def assert_close(fast, ref, dtype, what="", tol=TOL, floor=1e-6):
     assert fast.shape == ref.shape, f"{what}: shape {tuple(fast.shape)} != {tuple(ref.shape)}"
     assert torch.isfinite(fast).all(), f"{what}: non-finite values"
-    err = rel_err(fast, ref)
+    err = rel_err(fast, ref, floor)
     assert err <= tol[dtype], f"{what}: relative error {err:.3g} > {tol[dtype]:.0e} ({dtype})"
 
 

@@ -54,6 +54,5 @@ class GraphedInference:
         self.graph.replay()
         if not self.clone:
             return self._out
-        return MDRNetOutput(**{f.name: (v.clone() if isinstance(v, torch.Tensor) else v)
-                               for f in dataclasses.fields(self._out)
-                               for v in [getattr(self._out, f.name)]})
+        return dataclasses.replace(self._out, **{k: v.clone() for k, v in vars(self._out).items()
+                                                 if isinstance(v, torch.Tensor)})
