@@ -251,7 +251,7 @@ def forward(theta, phi, g, mask, patch_size, scale):
     p = int(patch_size)
     if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
         return _composite.forward(theta, phi, g, mask, patch_size, scale)
-    theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
+    mask = mask.contiguous()  # the kernel reads it by index; theta, phi, g go in packed
     bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
     h, w, nph, npw, n = _geometry(theta, p)
     acc = acc_dtype(theta.dtype)
@@ -276,8 +276,8 @@ def backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale):
     p = int(patch_size)
     if _too_wide(theta.shape[1] * p * p, g.shape[1] * p * p, theta.dtype):
         return _composite.backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale)
-    theta, phi, g, mask = theta.contiguous(), phi.contiguous(), g.contiguous(), mask.contiguous()
-    grad_out, out = grad_out.to(g.dtype).contiguous(), out.to(g.dtype).contiguous()
+    # the inputs reach the kernels packed, and mask only torch ops: no layout is required here
+    grad_out, out = grad_out.to(g.dtype), out.to(g.dtype)
     bsz, ck, cv = theta.shape[0], theta.shape[1], g.shape[1]
     h, w, nph, npw, n = _geometry(theta, p)
     acc = acc_dtype(theta.dtype)
@@ -295,7 +295,7 @@ def backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale):
     qp, kp, vp = _pack(theta, p), _pack(phi, p), _pack(g, p)
     go = grad_out.to(acc)
     dop = _pack(go * (1 - mask.to(acc)), p)  # dO' = dO (1 - mask), what reaches O = P V; in ACC
-    dsum = _pack(go * out.to(acc), p).sum(-1).contiguous()  # D_i = <dO', O_i> = <dO, out> over patch i's pixels
+    dsum = _pack(go * out.to(acc), p).sum(-1)  # D_i = <dO', O_i> = <dO, out> over patch i's pixels
     _bwd_dq_kernel[(triton.cdiv(n, bm), bsz)](
         qp, kp, vp, dop, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
     _bwd_dkdv_kernel[(triton.cdiv(n, bn), bsz)](
