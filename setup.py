@@ -89,7 +89,6 @@ if _want_cuda():
         )
 
 
-
 def links_shared_libstdcxx(path):
     """True if the built module loads the shared libstdc++ (None when readelf is missing)."""
     readelf = shutil.which("readelf")

@@ -150,7 +150,8 @@ if QUICK:
              region_broadcast(2, 32, 32), memory_read(2, 64), memory_update(2, 64),
              patch_attention(1, 16, 16, 2), spade(2, 32, 32)]
 else:
-    CASES = [partial_conv(4, 64, 64, 64, 3), partial_conv(4, 96, 32, 64, 3, multi_channel=True), gated_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3, masked=True),
+    CASES = [partial_conv(4, 64, 64, 64, 3), partial_conv(4, 96, 32, 64, 3, multi_channel=True),
+             gated_conv(4, 64, 64, 64, 3), gated_conv(4, 64, 64, 64, 3, masked=True),
              region_pool(4, 128, 64), region_broadcast(4, 128, 64), memory_read(8, 256), memory_update(8, 256),
              patch_attention(2, 64, 32, 2), patch_attention(2, 64, 64, 2), patch_attention(2, 64, 64, 2, "strokes"),
              spade(4, 128, 64)]

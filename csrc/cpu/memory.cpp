@@ -57,7 +57,6 @@ inline bool use_avx2() {
 
 using cpu::grain_for;
 
-
 // Everything below up to the *_rows bodies is always_inline: the bodies are instantiated once per
 // ISA, and only inlined code is compiled (and vectorised) for the caller's ISA.
 

@@ -141,7 +141,6 @@ inline void vertical_rows(const double* hsum, int64_t b, int64_t oh0, int64_t oh
 using cpu::Layout;
 using cpu::normalise_layout;
 
-
 void check_mask_geometry(const at::Tensor& mask, int64_t Ho, int64_t Wo, const char* ho_name,
                          const char* wo_name, const Geom& g) {
   checks::conv_out_matches(ho_name, Ho, "H", mask.size(2), g.kh, g.sh, g.ph, g.dh);

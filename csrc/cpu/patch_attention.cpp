@@ -727,7 +727,6 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& theta, const at
 
 // ------------------------------------------------------------------------------- arguments
 
-
 Geo check_inputs(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g, const at::Tensor& mask,
                  int64_t patch_size) {
   checks::cpu_4d(theta, "theta", "(B, Ck, H, W)");

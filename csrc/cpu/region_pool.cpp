@@ -56,7 +56,6 @@ std::unique_ptr<T[]> uninit(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-
 using cpu::Layout;
 using cpu::normalise_layout;
 

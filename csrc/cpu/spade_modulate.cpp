@@ -574,7 +574,6 @@ inline int64_t nhwc_chunk(int64_t C) {
   return std::min<int64_t>(4096, std::max<int64_t>(8, kTaskWork / 2 / std::max<int64_t>(C, 1)));
 }
 
-
 // The memory format the op's outputs take for an input t (composite/_common.py out_format):
 // channels_last when t is channels_last and not also plain contiguous.
 inline at::MemoryFormat out_format(const at::Tensor& t) {

@@ -299,8 +299,6 @@ __global__ void update_apply_kernel(mem_t* __restrict__ mem, const acc_t* __rest
   }
 }
 
-
-
 void check_q_mem(const at::Tensor& q, const at::Tensor& mem) {
   check_cuda(q, "q", 3);
   checks::floating(q, "q");

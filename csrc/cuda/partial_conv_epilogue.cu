@@ -39,7 +39,6 @@ struct Geom {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-
 // 0: NCHW contiguous, 1: channels_last contiguous; anything else is made contiguous (NCHW). A tensor that
 // is both indexes identically either way and is taken as NCHW.
 inline int normalise_layout(at::Tensor& t) {
@@ -241,7 +240,6 @@ void check_geometry(const at::Tensor& mask, int64_t Ho, int64_t Wo, const char* 
   ::mdrnet_fast::checks::conv_out_matches(ho_name, Ho, "H", mask.size(2), g.kh, g.sh, g.ph, g.dh);
   ::mdrnet_fast::checks::conv_out_matches(wo_name, Wo, "W", mask.size(3), g.kw, g.sw, g.pw, g.dw);
 }
-
 
 }  // namespace
 }  // namespace pconv

@@ -272,8 +272,6 @@ broadcast_kernel(const scalar_t* __restrict__ codes, const int64_t* __restrict__
   }
 }
 
-
-
 // Checks seg against (B, n, H, W) and ref (the other argument, for its device) and returns it in the
 // form the kernels read. Call under the device guard (it may convert on the device).
 SegArg check_seg(const at::Tensor& seg, const at::Tensor& ref, const char* ref_name, int64_t B, int64_t H,

@@ -155,13 +155,11 @@ __global__ void __launch_bounds__(TC* TP) bwd_kernel(const T* __restrict__ go, c
   }
 }
 
-
 // The memory format the op's outputs take for t (composite/_common.py out_format).
 inline at::MemoryFormat out_format(const at::Tensor& t) {
   if (!t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
   return at::MemoryFormat::Contiguous;
 }
-
 
 void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
   check_cuda(t, name, 4);
