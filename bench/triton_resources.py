@@ -2,7 +2,9 @@
 without a GPU: compiles with Triton (no TRITON_INTERPRET) and reads ptxas's resource report.
 
     python bench/triton_resources.py                     # the configs _config picks, per dtype and d = C p^2
-    python bench/triton_resources.py fp32:256:32:32:8:1  # dtype:d:BLOCK_M:BLOCK_N:warps:stages
+    python bench/triton_resources.py fp32:256:32:32:8:1  # dtype:d:BLOCK_M:BLOCK_N:warps:stages[:precision]
+
+The dot precision (tf32x3, tf32, ieee) defaults to the one _config picks for that dtype and d.
 
 Spilled registers go to local memory (slow); a config that spills kilobytes in the inner loop is a bad
 start for tuning on the GPU. A guide for choosing configs to time there, not a measurement of speed.
@@ -43,11 +45,11 @@ def resources(kernel, ptrs, consts, warps, stages):
     return compiled.metadata.shared, int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else 0
 
 
-def patch_attention(dtype, d, bm, bn, warps, stages):
+def patch_attention(dtype, d, bm, bn, warps, stages, prec=None):
     io = dtype
     acc = tl.float64 if dtype == "fp64" else tl.float32
     a = "fp64" if dtype == "fp64" else "fp32"
-    prec = {"fp64": "ieee", "fp32": "tf32x3"}.get(dtype, "tf32")
+    prec = prec or PA._config(d, d, DTYPES[dtype])[4]
     consts = dict(SCALE=0.125, P=2, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=bm, BLOCK_N=bn)
     rows = dict(qp_ptr=io, kp_ptr=io, vp_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
     kernels = {"fwd": (PA._fwd_kernel, dict(rows, mask_ptr=io, out_ptr=io)),
@@ -57,13 +59,15 @@ def patch_attention(dtype, d, bm, bn, warps, stages):
     for name, (kernel, ptrs) in kernels.items():
         shared, regs, spills = resources(kernel, ptrs, consts, warps, stages)
         cells.append(f"{name} {regs} regs, {spills} B spilled, {shared // 1024} KiB shared")
-    print(f"{dtype} d={d} {bm}x{bn} {warps} warps {stages} stages: " + "; ".join(cells), flush=True)
+    print(f"{dtype} d={d} {bm}x{bn} {warps} warps {stages} stages {prec}: " + "; ".join(cells), flush=True)
 
 
 def main(argv):
     if argv:
-        configs = [(t, int(d), int(bm), int(bn), int(w), int(s))
-                   for t, d, bm, bn, w, s in (a.split(":") for a in argv)]
+        configs = []
+        for arg in argv:
+            t, d, bm, bn, w, s, *prec = arg.split(":")
+            configs.append((t, int(d), int(bm), int(bn), int(w), int(s), *prec))
     else:
         os.environ.pop("TRITON_INTERPRET", None)
         configs = []

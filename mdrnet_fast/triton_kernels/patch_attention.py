@@ -196,8 +196,13 @@ def _config(dk, dv, dtype):
     shared memory per kernel): 16-bit inputs with d <= 128 run the usual 64 x 64 flash tiles, 2 stages, 8 warps
     (4 warps spilled 0.6 / 1.0 / 1.6 KB in fwd / dq / dkdv, 8 warps 0 / 0.3 / 0.6); fp32 goes through 3-pass
     tf32 dots whose staging costs more shared memory: 32 x 32, 8 warps; wider patch vectors (d = C p^2 up to
-    512, the model's default 128 channels at p = 2) shrink the tiles (fp32 d = 256: 16 x 16, 8 warps, 1 stage;
-    d = 512 still spills kilobytes in the backward at any tile that fits); fp64 (a test dtype) runs 16 x 16."""
+    512, the model's default 128 channels at p = 2) shrink the tiles (fp32 d = 256: 16 x 16, 8 warps, 1 stage);
+    fp64 (a test dtype) runs 16 x 16.
+
+    d > 256 (16 x 16, 8 warps, 1 stage): at fp32 the 3-pass tf32 dots made ptxas give up on the backward (32
+    registers, then 9.9 / 14.3 KB of spill stores in dq / dkdv, and 2.3 KB in fwd), so fp32 takes the ieee (FMA)
+    dot there, which spills nothing (fwd / dq / dkdv: 156 / 152 / 162 registers, 0 B); 16-bit inputs spill 0 B
+    with 1 stage (0.5 KB in dkdv with 2)."""
     if triton_interpreter():
         return 16, 16, 1, 1, "ieee"
     widest = max(dk, dv)
@@ -208,10 +213,14 @@ def _config(dk, dv, dtype):
     elif widest <= 128:
         block, warps, stages = 64, 8, 2
     else:
-        block, warps, stages = (32, 8, 2) if widest <= 256 else (16, 8, 2)
-    # fp32 inputs: 3-pass tf32 (about fp32 accuracy; plain tf32 truncation would eat most of the 5e-4 budget);
-    # bf16/fp16 inputs carry 8/11 bits, exact or near-exact in tf32; fp64 has only the ieee path
-    prec = {torch.float64: "ieee", torch.float32: "tf32x3"}.get(dtype, "tf32")
+        block, warps, stages = (32, 8, 2) if widest <= 256 else (16, 8, 1)
+    # fp32 inputs: 3-pass tf32 (about fp32 accuracy; plain tf32 truncation would eat most of the 5e-4 budget),
+    # or the exact ieee dot where tf32x3 spills (d > 256); bf16/fp16 inputs carry 8/11 bits, exact or
+    # near-exact in tf32; fp64 has only the ieee path
+    if dtype == torch.float32:
+        prec = "tf32x3" if widest <= 256 else "ieee"
+    else:
+        prec = "ieee" if dtype == torch.float64 else "tf32"
     return block, block, warps, stages, prec
 
 
