@@ -21,10 +21,14 @@ def _samples():
     mask = (torch.rand(2, 1, 7, 6) > 0.4).float()
     labels = torch.randint(0, 4, (2, 7, 6))
     y = f(2, 6, 5, 5)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
     return {
         "partial_conv2d": (OPS.partial_conv2d, lambda b: (f(2, 3, 7, 6), mask, f(4, 3, 3, 3), f(4), [1, 1], [1, 1], [1, 1], 1, False, b)),
         "partial_conv2d_multi": (OPS.partial_conv2d, lambda b: (f(2, 4, 7, 6), mask.expand(-1, 4, -1, -1).contiguous(), f(6, 2, 3, 3), None, [2, 1], [1, 0], [1, 2], 2, True, b)),
         "partial_conv2d_backward": (OPS.partial_conv2d_backward, lambda b: (f(2, 4, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), mask, f(4, 3, 3, 3, rg=False), torch.rand(2, 1, 7, 6), mask, [1, 1], [1, 1], [1, 1], 1, True, True, True, b)),
+        # channels_last x and weight: the gradients come back in their layouts (the fake says so too)
+        "partial_conv2d_backward_cl": (OPS.partial_conv2d_backward, lambda b: (cl(f(2, 4, 7, 6, rg=False)), cl(f(2, 3, 7, 6, rg=False)), cl(mask), cl(f(4, 3, 3, 3, rg=False)), torch.rand(2, 1, 7, 6), mask, [1, 1], [1, 1], [1, 1], 1, True, True, True, b)),
+        "gated_partial_conv2d_backward_cl": (OPS.gated_partial_conv2d_backward, lambda b: (cl(f(2, 4, 7, 6, rg=False)), cl(f(2, 3, 7, 6, rg=False)), cl(mask), cl(f(8, 3, 3, 3, rg=False)), torch.rand(2, 1, 7, 6), mask, cl(f(2, 8, 7, 6, rg=False)), [1, 1], [1, 1], [1, 1], 1, "elu", 0.2, True, True, True, b)),
         "gated_partial_conv2d": (OPS.gated_partial_conv2d, lambda b: (f(2, 3, 7, 6), mask, f(8, 3, 3, 3), f(8), [1, 1], [1, 1], [1, 1], 1, "elu", 0.2, b)),
         "gated_partial_conv2d_groups": (OPS.gated_partial_conv2d, lambda b: (f(2, 4, 7, 6), mask, f(6, 2, 3, 3), None, [2, 1], [1, 0], [1, 2], 2, "leaky_relu", 0.1, b)),
         "gated_partial_conv2d_backward": (OPS.gated_partial_conv2d_backward, lambda b: (f(2, 4, 7, 6, rg=False), f(2, 3, 7, 6, rg=False), mask, f(8, 3, 3, 3, rg=False), torch.rand(2, 1, 7, 6), mask, f(2, 8, 7, 6, rg=False), [1, 1], [1, 1], [1, 1], 1, "elu", 0.2, True, True, True, b)),

@@ -5,6 +5,7 @@ import torch
 
 import mdrnet_fast
 from mdrnet_fast import ops
+from mdrnet_fast.composite._common import out_format
 
 from _util import LOW, assert_close, fast_backends, layouts, outputs_and_grads
 
@@ -200,6 +201,9 @@ def _check(family, op, builder, backend, dtype, layout):
         assert_close(o, r, dtype, f"output {i}")
     for name, gr, r in zip(grad_names, grads, ref_grads):
         assert_close(gr, r, dtype, f"grad {name}")
+        if name == "weight":  # a channels_last parameter's gradient accumulates without a layout copy
+            fmt = out_format(fast_in[name])
+            assert gr.is_contiguous(memory_format=fmt), f"grad weight: strides {gr.stride()}, not {fmt}"
 
 
 

@@ -19,7 +19,7 @@ def conv_raw_backward(grad_raw, x, mask, weight, stride, padding, dilation, grou
         [need_x, need_w, False])
     # gxm is a fresh tensor: masking it in place saves an input-sized allocation
     gx = gxm.mul_(mask).contiguous(memory_format=out_format(x)) if need_x else None
-    return gx, (gw.contiguous() if need_w else None)
+    return gx, (gw if need_w else None)  # the op gives gw the weight's layout
 
 
 def around_library_conv(ext):

@@ -83,14 +83,17 @@ def gated_partial_conv2d_backward_op(grad_out: Tensor, x: Tensor, mask: Tensor, 
         grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation,
         negative_slope, need_x, need_w, need_b)
     # unneeded gradients come back as distinct empty tensors (a custom op returns no aliases)
-    return (gx if need_x else x.new_empty(0)), (gw if need_w else weight.new_empty(0)), (gb if need_b else x.new_empty(0))
+    # the weight gradient takes the weight's layout (as autograd's conv does): a channels_last parameter's
+    # gradient then accumulates without a layout copy
+    gw = gw.contiguous(memory_format=out_format(weight)) if need_w else weight.new_empty(0)
+    return (gx if need_x else x.new_empty(0)), gw, (gb if need_b else x.new_empty(0))
 
 
 @gated_partial_conv2d_backward_op.register_fake
 def _(grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation,
       negative_slope, need_x, need_w, need_b, backend):
     return (empty_like_format(x, x.shape) if need_x else x.new_empty(0),
-            weight.new_empty(weight.shape) if need_w else weight.new_empty(0),
+            empty_like_format(weight, weight.shape) if need_w else weight.new_empty(0),
             x.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
 
 

@@ -41,14 +41,17 @@ def partial_conv2d_backward_op(grad_out: Tensor, x: Tensor, mask: Tensor, weight
         grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups, need_x, need_w, need_b)
     # a custom op returns tensors (never aliases of each other): unneeded gradients come back as
     # distinct empty tensors and become None in _backward
-    return (gx if need_x else x.new_empty(0)), (gw if need_w else weight.new_empty(0)), (gb if need_b else x.new_empty(0))
+    # the weight gradient takes the weight's layout (as autograd's conv does): a channels_last parameter's
+    # gradient then accumulates without a layout copy
+    gw = gw.contiguous(memory_format=out_format(weight)) if need_w else weight.new_empty(0)
+    return (gx if need_x else x.new_empty(0)), gw, (gb if need_b else x.new_empty(0))
 
 
 @partial_conv2d_backward_op.register_fake
 def _(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups, need_x, need_w,
       need_b, backend):
     return (empty_like_format(x, x.shape) if need_x else x.new_empty(0),
-            weight.new_empty(weight.shape) if need_w else weight.new_empty(0),
+            empty_like_format(weight, weight.shape) if need_w else weight.new_empty(0),
             grad_out.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
 
 
