@@ -7,9 +7,9 @@
 #include <cstdint>
 
 // GCC on x86-64 Linux: compile the marked function for AVX-512 (x86-64-v4), AVX2 (v3) and baseline,
-// the best picked at load time (the extension itself targets baseline x86-64).
+// the best picked at load time (the extension itself targets baseline x86-64; the arch= names need GCC 11).
 // Define MDRNET_FAST_NO_CLONES to build the baseline only.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__) && \
     !defined(MDRNET_FAST_NO_CLONES)
 #define MDR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

@@ -12,6 +12,7 @@
 // so every output element has exactly one writer and a fixed summation order: the results do
 // not depend on the thread count. Extra memory is O(threads * tile * d + N), never O(N^2).
 #include "mdrnet_fast.h"
+#include "cpu/common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -40,14 +41,6 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
             const int* ldc) __attribute__((weak));
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__)
-// The extension is built for baseline x86-64; the exp-heavy row loops get AVX2 / AVX-512 clones,
-// picked once at load time, so the same binary still runs on any x86-64.
-#define MDR_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MDR_SIMD_CLONES
-#endif
-#define MDR_INLINE inline __attribute__((always_inline))
 
 namespace mdrnet_fast {
 namespace {
@@ -183,20 +176,6 @@ MDR_INLINE void probs_impl(T* __restrict__ s, int64_t ld, int64_t rows, int64_t 
   }
 }
 
-// D += rowsum(P * dP)
-template <typename T>
-MDR_INLINE void rowdot_impl(const T* __restrict__ p, const T* __restrict__ dp, int64_t ld, int64_t rows, int64_t n,
-                            T* __restrict__ d) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict__ a = p + r * ld;
-    const T* __restrict__ b = dp + r * ld;
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-    d[r] += sum;
-  }
-}
-
 // dS = P * (dP - D) * scale, written over dP
 template <typename T>
 MDR_INLINE void dscore_impl(const T* __restrict__ p, T* __restrict__ dp, int64_t ld, int64_t rows, int64_t n,
@@ -211,19 +190,16 @@ MDR_INLINE void dscore_impl(const T* __restrict__ p, T* __restrict__ dp, int64_t
 }
 
 // Non-template entry points: target_clones needs plain functions.
-#define MDR_ROW_OPS(T)                                                                                       \
-  MDR_SIMD_CLONES void softmax_step(T* s, int64_t ld, int64_t rows, int64_t n, T* m, T* l, T* acc,           \
-                                    int64_t dv) {                                                            \
-    softmax_step_impl<T>(s, ld, rows, n, m, l, acc, dv);                                                     \
-  }                                                                                                          \
-  MDR_SIMD_CLONES void probs(T* s, int64_t ld, int64_t rows, int64_t n, const T* lse) {                      \
-    probs_impl<T>(s, ld, rows, n, lse);                                                                      \
-  }                                                                                                          \
-  MDR_SIMD_CLONES void rowdot(const T* p, const T* dp, int64_t ld, int64_t rows, int64_t n, T* d) {          \
-    rowdot_impl<T>(p, dp, ld, rows, n, d);                                                                   \
-  }                                                                                                          \
-  MDR_SIMD_CLONES void dscore(const T* p, T* dp, int64_t ld, int64_t rows, int64_t n, const T* d, T scale) { \
-    dscore_impl<T>(p, dp, ld, rows, n, d, scale);                                                            \
+#define MDR_ROW_OPS(T)                                                                                        \
+  MDR_CLONES void softmax_step(T* s, int64_t ld, int64_t rows, int64_t n, T* m, T* l, T* acc,                 \
+                               int64_t dv) {                                                                  \
+    softmax_step_impl<T>(s, ld, rows, n, m, l, acc, dv);                                                      \
+  }                                                                                                           \
+  MDR_CLONES void probs(T* s, int64_t ld, int64_t rows, int64_t n, const T* lse) {                            \
+    probs_impl<T>(s, ld, rows, n, lse);                                                                       \
+  }                                                                                                           \
+  MDR_CLONES void dscore(const T* p, T* dp, int64_t ld, int64_t rows, int64_t n, const T* d, T scale) {       \
+    dscore_impl<T>(p, dp, ld, rows, n, d, scale);                                                             \
   }
 MDR_ROW_OPS(float)
 MDR_ROW_OPS(double)
