@@ -73,6 +73,14 @@ def _load_rows(ptr, b, rows, valid, N, DR, D: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M: tl.constexpr):
+    """The patch indices of active queries m0 .. m0 + BLOCK_M of batch b, and which of them exist (< cnt)."""
+    rows = m0 + tl.arange(0, BLOCK_M)
+    rvalid = rows < cnt
+    return tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0), rvalid
+
+
+@triton.jit
 def _fwd_kernel(qp_ptr, kp_ptr, vp_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_ptr, Ck, Cv, H, W, NPW, N,
                 SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -82,9 +90,7 @@ def _fwd_kernel(qp_ptr, kp_ptr, vp_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse
     hw = H * W
     dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
-    rows = m0 + tl.arange(0, BLOCK_M)
-    rvalid = rows < cnt
-    qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
+    qidx, rvalid = _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M)
     q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
     m_i = tl.full([BLOCK_M], -float("inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
@@ -123,9 +129,7 @@ def _bwd_dq_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr, d
     hw = H * W
     dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
-    rows = m0 + tl.arange(0, BLOCK_M)
-    rvalid = rows < cnt
-    qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
+    qidx, rvalid = _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M)
     q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
     do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, ACC)
     lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
@@ -166,9 +170,7 @@ def _bwd_dkdv_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr,
     dk = tl.zeros([BLOCK_N, DK], ACC)
     dv = tl.zeros([BLOCK_N, DV], ACC)
     for m0 in range(0, cnt, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        rvalid = rows < cnt
-        qidx = tl.load(idx_ptr + b * N + rows, mask=rvalid, other=0)
+        qidx, rvalid = _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M)
         q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
         do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, ACC)
         lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
