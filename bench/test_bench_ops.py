@@ -224,7 +224,8 @@ def _kernel_info(case, impl, mode):
     return not missing, missing
 
 
-def test_op(benchmark, case, mode, device, impl):
+def make_step(case, mode, device, impl):
+    """(step, args): one timed call of `impl` on the case's inputs (seed 0), its gradient in fwdbwd mode."""
     torch.manual_seed(0)
     args = case.make(device)
     leaves = [args[i].requires_grad_() for i in case.grads] if mode == "fwdbwd" else []
@@ -237,6 +238,11 @@ def test_op(benchmark, case, mode, device, impl):
             torch.autograd.grad(sum(o.sum() for o in outs if o.requires_grad), leaves)
         _sync(device)
 
+    return step, args
+
+
+def test_op(benchmark, case, mode, device, impl):
+    step, args = make_step(case, mode, device, impl)
     try:
         step()  # torch.compile compiles here (and its backward on this first backward)
     except Exception as exc:

@@ -1,0 +1,26 @@
+"""bench/paired_ratios.py runs end to end on a small case and writes its rows (a speed tool: the numbers are
+not checked, only that every implementation was timed in every round and the ratios are consistent)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_paired_ratios_small_case(tmp_path):
+    out = tmp_path / "rows.json"
+    env = dict(os.environ, MDRNET_FAST_BENCH_QUICK="1", PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "paired_ratios.py"), "-k", "memory_read",
+                          "--impls", "reference", "cpu", "--rounds", "3", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["group"].split("/")[1], r["impl"]) for r in rows] == [
+        ("fwd", "reference"), ("fwd", "cpu"), ("fwdbwd", "reference"), ("fwdbwd", "cpu")]
+    for r in rows:
+        assert r["rounds"] == 3 and r["median_ms"] > 0
+        assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
+        if r["impl"] == "reference":
+            assert r["ratio"] == r["ratio_q1"] == r["ratio_q3"] == 1.0
