@@ -1,4 +1,4 @@
-"""bench/paired_ratios.py runs end to end on a small case and writes its rows (a speed tool: the numbers are
+"""bench/paired_ratios.py runs end to end on a small op case and a small model step and writes its rows (a speed tool: the numbers are
 not checked, only that every implementation was timed in every round and the ratios are consistent)."""
 import json
 import os
@@ -24,3 +24,15 @@ def test_paired_ratios_small_case(tmp_path):
         assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
         if r["impl"] == "reference":
             assert r["ratio"] == r["ratio_q1"] == r["ratio_q3"] == 1.0
+
+
+def test_paired_ratios_model_step(tmp_path):
+    out = tmp_path / "rows.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "paired_ratios.py"), "--model", "cpu-demo:64:1",
+                          "--modes", "infer", "--impls", "reference", "cpu+cl", "--rounds", "2", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["group"], r["impl"]) for r in rows] == [("model/infer/cpu-demo-64-B1@cpu", "reference"),
+                                                       ("model/infer/cpu-demo-64-B1@cpu", "cpu+cl")]
