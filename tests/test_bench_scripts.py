@@ -1,5 +1,6 @@
-"""bench/paired_ratios.py runs end to end on a small op case and a small model step and writes its rows (a speed tool: the numbers are
-not checked, only that every implementation was timed in every round and the ratios are consistent)."""
+"""bench/paired_ratios.py runs end to end on a small op case and a small model step and writes its rows (a
+speed tool: the numbers are not checked, only that every implementation was timed in every round and the
+ratios are consistent)."""
 import json
 import os
 import subprocess
