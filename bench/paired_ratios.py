@@ -66,6 +66,8 @@ def measure(make, impls, rounds):
             steps[impl] = make(impl)
         except Exception as exc:  # a compile failure leaves that implementation out, as the benchmark does
             print(f"  {impl}: left out ({type(exc).__name__}: {str(exc)[:80]})")
+    if impls[0] not in steps:
+        raise SystemExit(f"the baseline {impls[0]} could not run: no ratio to take")
     names = list(steps)
     times = {impl: [] for impl in names}
     for r in range(rounds):
