@@ -1,6 +1,6 @@
-"""bench/paired_ratios.py runs end to end on a small op case and a small model step and writes its rows (a
-speed tool: the numbers are not checked, only that every implementation was timed in every round and the
-ratios are consistent)."""
+"""The bench tools run end to end on small cases: bench/paired_ratios.py on an op case and a model step (the
+numbers are not checked, only that every implementation was timed in every round and the ratios are
+consistent), bench/profile_model.py with its by-caller table."""
 import json
 import os
 import subprocess
@@ -37,3 +37,14 @@ def test_paired_ratios_model_step(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["group"], r["impl"]) for r in rows] == [("model/infer/cpu-demo-64-B1@cpu", "reference"),
                                                        ("model/infer/cpu-demo-64-B1@cpu", "cpu+cl")]
+
+
+def test_profile_model_by_caller():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_model.py"), "--device", "cpu", "--mode",
+                          "infer", "--config", "cpu-demo:64:1", "--impls", "reference", "cpu+cl", "--warmup", "1",
+                          "--steps", "1", "--rows", "5", "--by-caller", "aten::copy_"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("aten::copy_:") == 2 and "ms per step, by caller" in res.stdout
+    assert "median step, speed-up over reference: reference" in res.stdout
