@@ -149,8 +149,7 @@ void check_mask_geometry(const at::Tensor& mask, int64_t Ho, int64_t Wo, const c
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& raw, Layout layout, const at::Tensor& mask, bool mask_nhwc, const at::Tensor* bias,
-                  const Geom& g, double winsize, bool multi_channel, at::Tensor& out, at::Tensor& new_mask,
-                  at::Tensor& grad_scale) {
+                  const Geom& g, double winsize, at::Tensor& out, at::Tensor& new_mask, at::Tensor& grad_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = raw.size(0), Co = raw.size(1), Ho = raw.size(2), Wo = raw.size(3);
   const int64_t Cm = mask.size(1), H = mask.size(2), W = mask.size(3);
@@ -427,7 +426,7 @@ std::vector<at::Tensor> partial_conv_epilogue_forward(
   at::Tensor grad_scale = at::empty({B, 1, Ho, Wo}, raw.options().dtype(acc_dtype(raw.scalar_type())));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_epilogue_forward", [&] {
-    forward_impl<scalar_t>(raw, layout, mask, mask_nhwc, bias, g, winsize, multi_channel, out, new_mask, grad_scale);
+    forward_impl<scalar_t>(raw, layout, mask, mask_nhwc, bias, g, winsize, out, new_mask, grad_scale);
   });
   return {out, new_mask, grad_scale};
 }
