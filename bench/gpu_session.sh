@@ -9,6 +9,7 @@
 #   bash bench/gpu_session.sh bench-model        # whole-model benchmarks (paper preset, 256^2 batch 8 by default)
 #   bash bench/gpu_session.sh overhead           # host time per op call, fwd+bwd on tiny tensors (bench/op_overhead.py)
 #   bash bench/gpu_session.sh profile            # torch.profiler tables of the model steps (bench/profile_model.py)
+#   bash bench/gpu_session.sh paired             # model steps of every eager impl timed in the same rounds
 #
 # Every stage installs first if mdrnet_fast is not importable with its CUDA extension (ninja rebuilds only
 # what changed). Each stage runs under its own `timeout`, cut to what is left of DEADLINE seconds (default
@@ -106,6 +107,18 @@ for what in "$@"; do
           --device cuda --mode "$mode" --config "${PROFILE_CONFIG:-paper:256:8}" --impls ${PROFILE_IMPLS:-reference auto cuda} \
           --rows 40 || rc=1
       done ;;
+    paired)
+      install
+      # the eager model rows again, every implementation in the same rounds (bench/paired_ratios.py): ratios that
+      # do not depend on the machine staying at one speed through the run
+      for mode in infer train; do
+        impls=$([ "$mode" = infer ] && echo "reference auto auto+graph reference+graph cuda triton" \
+                || echo "reference auto cuda triton")
+        TAIL=12 stage "paired model $mode" "paired-$mode.log" "${PAIRED_TIMEOUT:-150}" "$PY" bench/paired_ratios.py \
+          --device cuda --model "${PAIRED_CONFIG:-paper:256:8}" --modes "$mode" --impls $impls --rounds 15 \
+          --json "$LOGS/$DEV-paired-model-$mode-$DATE.json" || rc=1
+        cp "$LOGS/$DEV-paired-model-$mode-$DATE.json" "$OUT"/ 2>/dev/null
+      done ;;
     bench-model)
       install
       # eager rows first (each a few seconds), then torch.compile's (a cold compile of a training step takes
@@ -119,7 +132,7 @@ for what in "$@"; do
         cp "$json" "$OUT"/ 2>/dev/null
         "$PY" -m mdrnet_fast bench-report "$json" 2>&1 | tee "$LOGS/bench-model-$part-table.txt"
       done ;;
-    *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model, overhead, profile)"; exit 2 ;;
+    *) echo "gpu_session: unknown stage $what (build, tests, sanitize, bench-ops, bench-model, overhead, profile, paired)"; exit 2 ;;
   esac
 done
 exit $rc
