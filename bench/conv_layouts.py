@@ -3,7 +3,7 @@ what torch.compile's CPU code does for the partial conv (x*mask written straight
 the weight converted to channels_last, the convolution run there), and what a model kept in channels_last
 gets without converting per layer. Median ms per call, plain F.conv2d forward, no grad.
 
-    python bench/conv_layouts.py [--threads 2] [--calls 11]
+    python bench/conv_layouts.py [--threads 2] [--calls 11] [--shapes 4,64,64,64,3 ...]
 
 Columns: nchw (input and weight NCHW), cl-x (input channels_last), cl-xw (input and weight channels_last),
 then the conversions a layout switch per layer would add: x*mask written into a channels_last buffer by
@@ -39,13 +39,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--calls", type=int, default=11)
+    p.add_argument("--shapes", nargs="+", metavar="B,CIN,COUT,SIZE,K", help="instead of the built-in shapes")
     args = p.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms of {args.calls} calls")
     print(f"{'shape':28s} {'nchw':>7s} {'cl-x':>7s} {'cl-xw':>7s} {'x*m':>7s} {'x*m->cl':>8s} {'out->nchw':>9s}")
-    for b, cin, cout, hw, k in SHAPES:
+    for b, cin, cout, hw, k in shapes:
         x = torch.randn(b, cin, hw, hw)
         mask = (torch.rand(b, 1, hw, hw) > 0.3).float()
         w = torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5

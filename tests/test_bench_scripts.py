@@ -1,6 +1,6 @@
 """The bench tools run end to end on small cases: bench/paired_ratios.py on an op case and a model step (the
 numbers are not checked, only that every implementation was timed in every round and the ratios are
-consistent), bench/profile_model.py with its by-caller table."""
+consistent), bench/profile_model.py with its by-caller table, bench/conv_layouts.py."""
 import json
 import os
 import subprocess
@@ -48,3 +48,11 @@ def test_profile_model_by_caller():
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("aten::copy_:") == 2 and "ms per step, by caller" in res.stdout
     assert "median step, speed-up over reference: reference" in res.stdout
+
+
+def test_conv_layouts_small_shape():
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "conv_layouts.py"), "--calls", "1", "--shapes",
+                          "1,4,8,9,3"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = res.stdout.strip().splitlines()[-1].split()
+    assert row[:4] == ["B1", "4->8", "9x9", "k3"] and len(row) == 10
