@@ -7,8 +7,10 @@ same shape, the floor a fused conv could approach). Modes: `fwd`, and `fwdbwd` =
 gradient of the sum of the outputs w.r.t. the float inputs. See bench/README.md.
 """
 import os
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -21,6 +23,11 @@ from mdrnet_fast import ops, reference
 from mdrnet_fast import _dispatch
 from mdrnet_fast._dispatch import has_kernel
 from mdrnet_fast.data import FreeFormMasks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import _nvidia_partialconv  # noqa: E402  (NVIDIA's PartialConv2d, when the user points to it)
+
+NVIDIA = _nvidia_partialconv.load()
 
 QUICK = os.environ.get("MDRNET_FAST_BENCH_QUICK", "0") == "1"
 DTYPE = torch.float32
@@ -50,6 +57,25 @@ def _mask(b, hw, device, holes=0.3):
     return (torch.rand(b, 1, hw, hw, device=device) > holes).to(DTYPE)
 
 
+def nvidia_partial_conv(cls):
+    """NVIDIA's own PartialConv2d module run on the case's args: built once per weight, with the case's weight
+    and bias tensors as its parameters (so fwdbwd differentiates them as for every other row)."""
+    modules = {}
+
+    def run(x, mask, w, bias, stride, padding, dilation, groups, multi_channel):
+        key = (id(w), id(bias))
+        if key not in modules:
+            m = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
+                    dilation=dilation, groups=groups, bias=bias is not None, multi_channel=multi_channel,
+                    return_mask=True).to(x.device)
+            del m.weight, m.bias
+            m.weight, m.bias = w, bias
+            modules[key] = m
+        return modules[key](x, mask)
+
+    return run
+
+
 def partial_conv(b, cin, cout, hw, k, multi_channel=False):
     """multi_channel: a mask per input channel, as the coarse U-Net's decoder layers have (skip features and
     their masks concatenated): the reference then convolves a C_in-channel mask with a ones kernel."""
@@ -59,9 +85,11 @@ def partial_conv(b, cin, cout, hw, k, multi_channel=False):
         return [_randn(b, cin, hw, hw, device=device), mask, w, _randn(cout, device=device),
                 1, k // 2, 1, 1, multi_channel]
 
+    # NVIDIA's module, when MDRNET_FAST_NVIDIA_PARTIALCONV points to its file (tests/_nvidia_partialconv.py)
+    baselines = {"nvidia": nvidia_partial_conv(NVIDIA)} if NVIDIA is not None else {}
     return Case("partial_conv2d", f"B{b}-C{cin}to{cout}-{hw}x{hw}-k{k}" + ("-multichannel" if multi_channel else ""),
                 make, (0, 2, 3), ("partial_conv2d",),
-                conv=lambda x, m, w, bias, s, p, d, g, mc: F.conv2d(x, w, bias, s, p, d, g))
+                conv=lambda x, m, w, bias, s, p, d, g, mc: F.conv2d(x, w, bias, s, p, d, g), baselines=baselines)
 
 
 def gated_conv(b, cin, cout, hw, k, masked=False):
