@@ -1,6 +1,7 @@
 """mdrnet_fast.nn.PartialConv2d as a drop-in for NVIDIA's: the same constructor, state_dict, outputs, new masks
 and gradients as NVIDIA's own module (loaded from MDRNET_FAST_NVIDIA_PARTIALCONV, see _nvidia_partialconv.py),
-on every backend, fp64. Skipped when the variable is unset (CI has no copy of NVIDIA's code)."""
+on every backend, fp64. Those comparisons are skipped when the variable is unset (CI has no copy of NVIDIA's
+code); the loader and the benchmark's adapter are tested either way."""
 import pytest
 import torch
 
@@ -11,8 +12,8 @@ import _nvidia_partialconv
 from _util import fast_backends
 
 NVIDIA = _nvidia_partialconv.load()
-pytestmark = pytest.mark.skipif(NVIDIA is None, reason=f"set {_nvidia_partialconv.ENV} to NVIDIA's "
-                                                       "models/partialconv2d.py to compare against it")
+needs_nvidia = pytest.mark.skipif(NVIDIA is None, reason=f"set {_nvidia_partialconv.ENV} to NVIDIA's "
+                                                         "models/partialconv2d.py to compare against it")
 
 # (constructor args, kwargs, input shape, mask kind)
 CASES = {
@@ -35,6 +36,7 @@ def _mask(kind, shape, multi):
     return m
 
 
+@needs_nvidia
 @pytest.mark.parametrize("backend", ["reference", *fast_backends("partial_conv2d")])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_nvidia(name, backend):
@@ -61,3 +63,33 @@ def test_matches_nvidia(name, backend):
     torch.testing.assert_close(new_mask, want_mask.expand_as(new_mask), rtol=0, atol=0)
     for g, want in zip(grads, want_grads):
         torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-10)
+
+
+def test_loader_without_and_with_a_bad_path(monkeypatch):
+    monkeypatch.delenv(_nvidia_partialconv.ENV, raising=False)
+    assert _nvidia_partialconv.load() is None
+    monkeypatch.setenv(_nvidia_partialconv.ENV, "/nonexistent/partialconv2d.py")
+    with pytest.raises(FileNotFoundError, match=_nvidia_partialconv.ENV):
+        _nvidia_partialconv.load()
+
+
+def test_benchmark_adapter_differentiates_the_case_tensors():
+    """bench's nvidia row builds the module once per weight and uses the case's own weight and bias; checked
+    with our PartialConv2d in NVIDIA's place (the same constructor and forward)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import test_bench_ops
+
+    run = test_bench_ops.nvidia_partial_conv(mnn.PartialConv2d)
+    x = torch.randn(2, 3, 8, 8)
+    w, bias = torch.randn(5, 3, 3, 3, requires_grad=True), torch.randn(5, requires_grad=True)
+    mask = (torch.rand(2, 1, 8, 8) > 0.3).float()
+    out, new_mask = run(x, mask, w, bias, 1, 1, 1, 1, False)
+    want, want_mask = mdrnet_fast.ops.partial_conv2d(x, mask, w, bias, 1, 1)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(new_mask, want_mask)
+    gw, gb = torch.autograd.grad(out.sum(), [w, bias])
+    assert gw.shape == w.shape and gb.shape == bias.shape
+    assert torch.equal(run(x, mask, w, bias, 1, 1, 1, 1, False)[0], out)  # the second call reuses the module
