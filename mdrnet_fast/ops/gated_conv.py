@@ -11,7 +11,8 @@ from .._dispatch import get_kernel, has_kernel, resolve
 from ..composite._common import out_format
 from ..reference.gated_conv import ACTIVATIONS
 from ._register import call, conv_out_size, empty_like_format, register_autograd, register_plain
-from .partial_conv import check_conv_args, check_mask, conv_dtypes, partial_conv2d_op
+from .partial_conv import (check_conv_args, check_mask, conv_dtypes, conv_grads, fake_conv_grads,
+                           partial_conv2d_op)
 
 
 @torch.library.custom_op("mdrnet_fast::gated_activation", mutates_args=())
@@ -82,19 +83,13 @@ def gated_partial_conv2d_backward_op(grad_out: Tensor, x: Tensor, mask: Tensor, 
     gx, gw, gb = get_kernel("gated_partial_conv2d.backward", backend)(
         grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation,
         negative_slope, need_x, need_w, need_b)
-    # unneeded gradients come back as distinct empty tensors (a custom op returns no aliases)
-    # the weight gradient takes the weight's layout (as autograd's conv does): a channels_last parameter's
-    # gradient then accumulates without a layout copy
-    gw = gw.contiguous(memory_format=out_format(weight)) if need_w else weight.new_empty(0)
-    return (gx if need_x else x.new_empty(0)), gw, (gb if need_b else x.new_empty(0))
+    return conv_grads(gx, gw, gb, x, weight, need_x, need_w, need_b)
 
 
 @gated_partial_conv2d_backward_op.register_fake
 def _(grad_out, x, mask, weight, grad_scale, new_mask, y, stride, padding, dilation, groups, activation,
       negative_slope, need_x, need_w, need_b, backend):
-    return (empty_like_format(x, x.shape) if need_x else x.new_empty(0),
-            empty_like_format(weight, weight.shape) if need_w else weight.new_empty(0),
-            x.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
+    return fake_conv_grads(x, weight, need_x, need_w, need_b)
 
 
 register_plain(gated_partial_conv2d_backward_op)

@@ -32,6 +32,23 @@ def _(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel, b
             x.new_empty((b, 1, ho, wo), dtype=acc))
 
 
+def conv_grads(gx, gw, gb, x, weight, need_x, need_w, need_b):
+    """(gx, gw, gb) as the conv backward ops return them. A custom op returns tensors, never aliases of each
+    other: unneeded gradients come back as distinct empty tensors (None again in the autograd backward). The
+    weight gradient takes the weight's layout, as autograd's conv gives it: a channels_last parameter's
+    gradient then accumulates without a layout copy."""
+    return ((gx if need_x else x.new_empty(0)),
+            (gw.contiguous(memory_format=out_format(weight)) if need_w else weight.new_empty(0)),
+            (gb if need_b else x.new_empty(0)))
+
+
+def fake_conv_grads(x, weight, need_x, need_w, need_b):
+    """conv_grads' shapes, dtypes and layouts, for the ops' fake implementations."""
+    return (empty_like_format(x, x.shape) if need_x else x.new_empty(0),
+            empty_like_format(weight, weight.shape) if need_w else weight.new_empty(0),
+            x.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
+
+
 @torch.library.custom_op("mdrnet_fast::partial_conv2d_backward", mutates_args=())
 def partial_conv2d_backward_op(grad_out: Tensor, x: Tensor, mask: Tensor, weight: Tensor, grad_scale: Tensor,
                                new_mask: Tensor, stride: List[int], padding: List[int], dilation: List[int],
@@ -39,20 +56,13 @@ def partial_conv2d_backward_op(grad_out: Tensor, x: Tensor, mask: Tensor, weight
                                backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     gx, gw, gb = get_kernel("partial_conv2d.backward", backend)(
         grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups, need_x, need_w, need_b)
-    # a custom op returns tensors (never aliases of each other): unneeded gradients come back as
-    # distinct empty tensors and become None in _backward
-    # the weight gradient takes the weight's layout (as autograd's conv does): a channels_last parameter's
-    # gradient then accumulates without a layout copy
-    gw = gw.contiguous(memory_format=out_format(weight)) if need_w else weight.new_empty(0)
-    return (gx if need_x else x.new_empty(0)), gw, (gb if need_b else x.new_empty(0))
+    return conv_grads(gx, gw, gb, x, weight, need_x, need_w, need_b)
 
 
 @partial_conv2d_backward_op.register_fake
 def _(grad_out, x, mask, weight, grad_scale, new_mask, stride, padding, dilation, groups, need_x, need_w,
       need_b, backend):
-    return (empty_like_format(x, x.shape) if need_x else x.new_empty(0),
-            empty_like_format(weight, weight.shape) if need_w else weight.new_empty(0),
-            grad_out.new_empty(weight.shape[0]) if need_b else x.new_empty(0))
+    return fake_conv_grads(x, weight, need_x, need_w, need_b)
 
 
 register_plain(partial_conv2d_backward_op)
