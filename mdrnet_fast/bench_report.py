@@ -147,9 +147,9 @@ OP_FAMILY = {"partial_conv2d": "partial_conv2d", "gated_conv2d": "gated_activati
 
 
 def measured_order(rows: List[Row], impls: Tuple[str, ...] = ("cuda", "triton")) -> Dict[str, Tuple[str, ...]]:
-    """The order `auto` should try the fast backends in on CUDA, per kernel family, from CUDA op rows (forward and forward +
-    backward alike): by the geometric mean of their medians over the rows where every one of them ran its own
-    kernels (a composite fallback is not that backend's kernel). () where the reference beat each of them in
+    """The order `auto` should try the fast backends in on CUDA, per kernel family, from CUDA op rows (forward
+    and forward + backward alike): by the geometric mean of their medians over the rows where every one of them
+    ran its own kernels (a composite fallback is not that backend's kernel). () where the reference beat each of them in
     every row: then `auto` should take the reference. This is what `_dispatch._CUDA_ORDER` must say for the
     committed GPU table (tests/test_bench_report.py)."""
     groups: Dict[str, Dict[str, Row]] = {}

@@ -18,10 +18,11 @@ def empty_like_format(x, shape, dtype=None, like=None):
 #
 # A plain eager call of a torch.library custom op goes through the dispatcher and torch._library's Python
 # autograd wrapper; for a small op that costs more than the kernel (60 to 160 us per forward + backward on
-# tiny tensors on CPU, bench/op_overhead.py; on a GPU it is most of a small op's time). Where nothing but eager PyTorch is looking (no torch.compile, no FakeTensor / functionalization
-# or other dispatch mode, no torch-function mode, no functorch transform, no jit trace, no tensor subclass),
-# `call` runs the op's own implementation, setup_context and backward as a torch.autograd.Function instead:
-# the same Python functions, so the same kernels and gradients. Everything else gets the registered custom op.
+# tiny tensors on CPU, bench/op_overhead.py; on a GPU it is most of a small op's time). Where nothing but
+# eager PyTorch is looking (no torch.compile, no FakeTensor / functionalization or other dispatch mode, no
+# torch-function mode, no functorch transform, no jit trace, no tensor subclass), `call` runs the op's own
+# implementation, setup_context and backward as a torch.autograd.Function instead: the same Python
+# functions, so the same kernels and gradients. Everything else gets the registered custom op.
 
 _EAGER = {}  # custom op -> (its implementation, the autograd.Function's apply or None)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
