@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import PartialConv2d
+from .lean import conv_in_row_bands, upsample_cat, upsample_cat_rows, wants_bands
 
 
 def default_depth(image_size: int) -> int:
@@ -55,9 +56,18 @@ class PartialConvUNet(nn.Module):
             masks.append(m)
         feats.pop(), masks.pop()
         for j, (conv, bn) in enumerate(zip(self.dec, self.dec_bn)):
-            h = F.interpolate(h, scale_factor=2, mode="nearest")
-            m = F.interpolate(m, scale_factor=2, mode="nearest")
-            h, m = conv(torch.cat([h, feats.pop()], 1), torch.cat([m, masks.pop()], 1))
+            # cat(upsample(h), skip) with no upsampled copy, in an inference in bands of rows (models/lean.py):
+            # at full resolution the concatenations of features and masks are 67-channel maps
+            skip, skip_mask = feats.pop(), masks.pop()
+            if wants_bands(h):
+                sources = [upsample_cat_rows(h, skip), upsample_cat_rows(m, skip_mask)]
+                h, m = conv_in_row_bands(conv, sources, h, skip.shape[-2:], 3 * conv.in_channels)
+            else:
+                x, mx = upsample_cat(h, skip), upsample_cat(m, skip_mask)
+                del h, m
+                h, m = conv(x, mx)
+                del x, mx
+            del skip, skip_mask
             if j < self.depth - 1:
                 h = F.leaky_relu(bn(h), 0.2)
         return h

@@ -10,10 +10,17 @@ import torch.nn.functional as F
 
 from ..composite._common import out_format
 from .. import ops
+from ..ops._checks import autocast_dtype
 from ..nn import DisentangledMemory, MaskedCorrelationMining
 from .coarse import PartialConvUNet, default_depth
 from .parser import FaceParser
 from .refinement import GuidedRefinementNetwork, StyleEncoder
+
+
+def size_multiple(image_size: int, coarse_depth: Optional[int] = None, feature_down: int = 2) -> int:
+    """What an MDRNet's input height and width must be multiples of: its coarse U-Net halves them `coarse_depth`
+    (by default, from the training image size) times, the style encoder and refinement network `feature_down`."""
+    return 2 ** max(coarse_depth or default_depth(image_size), feature_down)
 
 
 @dataclass
@@ -44,8 +51,9 @@ class MDRNet(nn.Module):
                  mcm_channels=None):
         super().__init__()
         depth = coarse_depth or default_depth(image_size)
-        if image_size % 2 ** max(depth, feature_down):
-            raise ValueError(f"image_size={image_size} must be a multiple of 2**{max(depth, feature_down)}")
+        self.size_multiple = size_multiple(image_size, coarse_depth, feature_down)  # of an input's H and W
+        if image_size % self.size_multiple:
+            raise ValueError(f"image_size={image_size} must be a multiple of {self.size_multiple}")
         self.image_size, self.num_classes = image_size, num_classes
         self.coarse = PartialConvUNet(3, 3, base_channels, depth)
         self.parser = parser if parser is not None else FaceParser(num_classes, parser_channels)
@@ -61,6 +69,11 @@ class MDRNet(nn.Module):
         if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
             raise ValueError(f"mask must be (B,1,H,W) = ({image.shape[0]},1,{image.shape[2]},{image.shape[3]}), "
                              f"got {tuple(mask.shape)}")
+        m = self.size_multiple
+        if image.shape[2] % m or image.shape[3] % m:
+            raise ValueError(f"image height and width must be multiples of {m} (the U-Net's {m}x downsampling), got "
+                             f"{image.shape[2]}x{image.shape[3]}: pad the image (mdrnet_fast.inpaint pads and crops "
+                             "back for you)")
         mask = mask.to(image.dtype)
         coarse = self.coarse(image * mask, mask)
         p = coarse * (1 - mask) + image * mask  # the coarse face, known pixels kept
@@ -93,10 +106,15 @@ class MDRNet(nn.Module):
         q_hat = self.memory(q, v, present)                          # DMM: update (training), then read
 
         # MREM: valid area from V, holes from the memory, then masked correlation mining
+        fmt = out_format(f_s)
+        del f_s  # from here on only the maps below are needed: at full resolution each one counts
         fused = (ops.region_broadcast(v, small, n, labels_checked=True) * valid
                  + ops.region_broadcast(q_hat, small, n, labels_checked=True) * (1 - valid))
-        fused = fused.contiguous(memory_format=out_format(f_s))  # broadcast maps are NCHW; keep f_s's layout
+        # broadcast maps are NCHW, keep f_s's layout; under autocast take its dtype: the convs that read these maps
+        # would cast them anyway, and the residual of MCM then stays in it too
+        fused = fused.to(dtype=autocast_dtype(image.device) or fused.dtype, memory_format=fmt)
         f_f = self.mcm(fused, valid)
+        del fused
 
         refined = self.refine(p, mask, f_f)
         output = refined * (1 - mask) + image * mask

@@ -1,9 +1,8 @@
 """A light face parser: n-class logits at full resolution (replaceable by the user's own module)."""
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .blocks import conv_block
+from .lean import upsample_cat
 
 
 class FaceParser(nn.Module):
@@ -24,6 +23,5 @@ class FaceParser(nn.Module):
             skips.append(h)
             h = down(h)
         for up in self.up:
-            skip = skips.pop()
-            h = up(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], 1))
+            h = up(upsample_cat(h, skips.pop()))
         return self.head(h)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from ..nn import GatedConv2d
 from .blocks import GatedResBlock, SPADEResBlock, conv_block
+from .lean import conv_in_row_bands, upsampled_rows, wants_bands
 
 
 class StyleEncoder(nn.Module):
@@ -49,13 +50,22 @@ class GuidedRefinementNetwork(nn.Module):
     def forward(self, coarse, mask, cond):
         h = torch.cat([coarse, mask.to(coarse.dtype)], 1)
         for conv in self.encoder:
-            h = conv(h)
+            h = _gated(conv, h)
         h = self.gated(h)
         for block in self.spade:
             h = block(h, cond)
         for conv in self.decoder:
-            h = conv(F.interpolate(h, scale_factor=2, mode="nearest"))
+            h = _gated(conv, h, upsample=2)
         return torch.tanh(self.out(h))
+
+
+def _gated(conv: GatedConv2d, x, upsample=1):
+    """conv(F.interpolate(x, scale_factor=upsample)); in an inference, in bands of rows (models/lean.py), so
+    neither the upsampled input nor the 2*C_out conv output exists at full size."""
+    if not wants_bands(x):
+        return conv(F.interpolate(x, scale_factor=upsample, mode="nearest") if upsample > 1 else x)
+    size = (x.shape[2] * upsample, x.shape[3] * upsample)
+    return conv_in_row_bands(conv, [upsampled_rows(x, upsample)], x, size, 2 * conv.out_channels)
 
 
 class PatchGAN(nn.Module):
