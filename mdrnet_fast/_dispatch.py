@@ -59,7 +59,18 @@ def _check_name(name: str) -> str:
     return name.lower()
 
 
-_current = _check_name(os.environ.get("MDRNET_FAST_BACKEND", "auto") or "auto")
+def _initial_backend() -> str:
+    """MDRNET_FAST_BACKEND, or auto; a bad value is logged, not raised: it must not break `import mdrnet_fast`
+    (nor `mdrnet-fast --help`, which would tell how to fix it)."""
+    name = os.environ.get("MDRNET_FAST_BACKEND", "auto") or "auto"
+    if name.lower() in BACKENDS:
+        return name.lower()
+    log.warning("mdrnet_fast: MDRNET_FAST_BACKEND=%r is not a backend (one of %s); using 'auto'",
+                name, ", ".join(BACKENDS))
+    return "auto"
+
+
+_current = _initial_backend()
 
 
 def get_backend() -> str:

@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from PIL import UnidentifiedImageError
+
+from .commands.common import CommandError
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -194,18 +198,57 @@ def _add_model_commands(sub) -> None:
 
 SUBCOMMANDS = [_add_model_commands, _add_backends, _add_bench, _add_bench_report]
 
+# Bad input: the message says what to fix, a traceback would only hide it.
+USAGE_ERRORS = (CommandError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                PermissionError, UnidentifiedImageError)
+_DEBUG_HELP = "on an error, raise it with its full traceback instead of the one-line message"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """argparse's usage errors in one line too (the usage of `train` alone is a screenful)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mdrnet-fast", description="mdrnet_fast: fused kernels and MDRNet.")
+    parser = _Parser(prog="mdrnet-fast", description="mdrnet_fast: fused kernels and MDRNet.")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for p in sub.choices.values():  # `mdrnet-fast COMMAND --debug` too; SUPPRESS keeps a global --debug
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run a subcommand; its errors end in one line on stderr: exit 2 for bad input, 1 for failures, 130 for ^C."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    prefix = f"mdrnet-fast {args.command}:"
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        # a command's own `raise SystemExit("mdrnet-fast: ...")`: bad input, as a CommandError
+        print(f"{prefix} error: {_first_line(exc).removeprefix('mdrnet-fast: ')}", file=sys.stderr)
+        return 2
+    except USAGE_ERRORS as exc:
+        print(f"{prefix} error: {_first_line(exc) or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        what = ": ".join(filter(None, (type(exc).__name__, _first_line(exc))))
+        print(f"{prefix} error: {what} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
+class CommandError(Exception):
+    """A usage or bad-input error of a command: `mdrnet-fast` prints its message in one line and exits 2."""
+
+
+def add_backend_argument(parser) -> None:
+    from .._dispatch import BACKENDS
+
+    parser.add_argument("--backend", type=str.lower, choices=BACKENDS, metavar="NAME",
+                        help=f"mdrnet_fast kernel backend: {', '.join(BACKENDS)} "
+                             "(unset: the MDRNET_FAST_BACKEND environment variable, else auto)")
+
+
 # Model sizes. `paper` is ShowFace's (256², n=14, m=128); `cpu-demo` trains in minutes on 2 CPU cores.
 PRESETS = {
     "paper": dict(image_size=256, base_channels=64, style_channels=256, memory_slots=128, parser_channels=32,
@@ -48,11 +61,34 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+# what every command reads from a checkpoint; `train --resume` needs more (train.RESUME_KEYS)
+CHECKPOINT_KEYS = ("stage", "config", "model")
+
+
+def load_checkpoint(path, map_location="cpu", keys=CHECKPOINT_KEYS) -> dict:
+    """torch.load of a checkpoint written by `mdrnet-fast train`; CommandError naming the path if it is not one."""
     path = Path(path)
+    if not path.exists():
+        raise CommandError(f"checkpoint {path} not found")
     if not path.is_file():
-        raise SystemExit(f"mdrnet-fast: checkpoint {path} not found")
-    return torch.load(path, map_location=map_location, weights_only=False)
+        raise CommandError(f"checkpoint {path} is a folder, not a file" if path.is_dir()
+                           else f"checkpoint {path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise CommandError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except (PermissionError, MemoryError):
+        raise  # not the file's content
+    except Exception as exc:  # a cut or garbled file fails in many ways: zip, pickle, EOF, even OSError (a seek)
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise CommandError(f"checkpoint {path} is not a mdrnet-fast checkpoint (truncated or corrupt: "
+                           f"{reason})") from exc
+    if not isinstance(ckpt, dict):
+        raise CommandError(f"checkpoint {path} is not a mdrnet-fast checkpoint (it holds a {type(ckpt).__name__})")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CommandError(f"checkpoint {path} is not a mdrnet-fast checkpoint (no {', '.join(map(repr, missing))})")
+    return ckpt
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -17,10 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .common import (PRESETS, default_memory_format, default_preset, load_checkpoint, rng_state, sample_grid,
-                     save_atomic, set_rng_state)
+from .common import (CHECKPOINT_KEYS, PRESETS, CommandError, add_backend_argument, default_memory_format,
+                     default_preset, load_checkpoint, rng_state, sample_grid, save_atomic, set_rng_state)
 
 STAGES = ("coarse", "recon", "full")
+RESUME_KEYS = CHECKPOINT_KEYS + ("step", "optimizer", "critic", "critic_optimizer", "scaler", "rng")
 
 
 def add_parser(sub) -> None:
@@ -41,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/mdrnet", help="run folder: checkpoints and samples")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--sample-every", type=int, default=100)
-    p.add_argument("--resume", nargs="?", const="auto", help="checkpoint to continue (default: OUT/last.ckpt)")
+    p.add_argument("--resume", nargs="?", const="auto", help="checkpoint to continue (default: OUT/last.ckpt); "
+                   "one already at --steps is left as it is: a one-line note, nothing written, exit 0")
     p.add_argument("--coarse-checkpoint", help="start the full stage from a trained coarse network")
     p.add_argument("--recon-checkpoint", help="trained reconstruction network: enables the InCo² loss")
     p.add_argument("--vgg-weights", help="VGG-19 weights (torchvision layout): enables perceptual and style losses")
@@ -49,7 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="model and batches in channels_last (default: on for CPU, where it measured faster for "
                         "every backend; off on GPU until measured there)")
-    p.add_argument("--backend", help="mdrnet_fast backend (auto, reference, cpu, triton, cuda)")
+    add_backend_argument(p)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
@@ -65,8 +67,6 @@ class _Samples(torch.utils.data.Dataset):
     def __init__(self, base, size, mask_ratio, seed):
         from ..data import RATIO_BINS, FreeFormMasks
 
-        if mask_ratio != "mixed" and mask_ratio not in RATIO_BINS:
-            raise SystemExit(f"mdrnet-fast: --mask-ratio must be one of {sorted(RATIO_BINS)} or mixed")
         bins = list(RATIO_BINS.values()) if mask_ratio == "mixed" else [RATIO_BINS[mask_ratio]]
         self.masks = [FreeFormMasks(size, ratio=b) for b in bins]
         self.base, self.seed = base, seed
@@ -122,8 +122,8 @@ def build(stage, config):
 
 def _load_module(path, stage):
     ckpt = load_checkpoint(path)
-    if ckpt.get("stage") != stage:
-        raise SystemExit(f"mdrnet-fast: {path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
+    if ckpt["stage"] != stage:
+        raise CommandError(f"{path} is a {ckpt['stage']!r} checkpoint, not {stage!r}")
     module, _ = build(stage, ckpt["config"])
     module.load_state_dict(ckpt["model"])
     return module
@@ -146,29 +146,60 @@ def _average_gradients(params, world):
             p.grad /= world
 
 
+def _check_args(args) -> None:
+    """The arguments argparse cannot check, before anything is loaded or written."""
+    from ..data import RATIO_BINS
+
+    for name in ("steps", "batch_size", "ckpt_every", "sample_every", "synthetic_size", "threads", "image_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.workers < 0:
+        raise CommandError(f"--workers must be >= 0, got {args.workers}")
+    if not args.lr > 0:  # also NaN
+        raise CommandError(f"--lr must be > 0, got {args.lr}")
+    if args.mask_ratio != "mixed" and args.mask_ratio not in RATIO_BINS:
+        raise CommandError(f"--mask-ratio must be one of {', '.join(RATIO_BINS)} or mixed, got {args.mask_ratio!r}")
+    if args.image_size:
+        from ..models.mdrnet import size_multiple
+
+        multiple = size_multiple(args.image_size)  # MDRNet's rule, checked here for every stage
+        if args.image_size % multiple:
+            raise CommandError(f"--image-size must be a multiple of {multiple} at that size, got {args.image_size}")
+
+
 def run(args) -> int:
     import mdrnet_fast
     from ..losses import LossWeights, MDRNetLoss, VGG19Features
     from ..losses import terms
 
+    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend:
         mdrnet_fast.set_backend(args.backend)
     rank, world = _distributed()
     if args.batch_size % world:
-        raise SystemExit(f"mdrnet-fast: --batch-size {args.batch_size} must be divisible by the {world} ranks")
+        raise CommandError(f"--batch-size {args.batch_size} must be divisible by the {world} ranks")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     out_dir = Path(args.out)
     resume = (out_dir / "last.ckpt") if args.resume == "auto" else (Path(args.resume) if args.resume else None)
-    ckpt = load_checkpoint(resume) if resume else None
+    ckpt = load_checkpoint(resume, keys=RESUME_KEYS) if resume else None
 
     config = dict(PRESETS[args.preset or default_preset()])
     if args.image_size:
         config["image_size"] = args.image_size
     if ckpt:
         if ckpt["stage"] != args.stage:
-            raise SystemExit(f"mdrnet-fast: {resume} is a {ckpt['stage']!r} checkpoint; pass --stage {ckpt['stage']}")
+            raise CommandError(f"{resume} is a {ckpt['stage']!r} checkpoint; pass --stage {ckpt['stage']}")
+        if ckpt["step"] >= args.steps:  # nothing to train: write nothing, and say how to go on
+            if rank == 0:
+                print(f"mdrnet-fast train: the run in {resume.parent} already reached step {ckpt['step']} of "
+                      f"--steps {args.steps}; nothing written (`--resume --steps K` with K > {ckpt['step']} "
+                      "continues it)")
+            if world > 1:
+                dist.destroy_process_group()
+            return 0
         config = ckpt["config"]
     torch.manual_seed(args.seed)
     model, critic = build(args.stage, config)
