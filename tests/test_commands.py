@@ -41,15 +41,16 @@ def test_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_coarse_and_recon_stages_feed_the_full_stage(tmp_path):
+def test_coarse_and_recon_stages_feed_the_full_stage(tmp_path, capsys):
     coarse = _train(tmp_path / "coarse", 2, "--stage", "coarse")
     recon = _train(tmp_path / "recon", 2, "--stage", "recon")
     assert coarse["stage"] == "coarse" and recon["stage"] == "recon"
     full = _train(tmp_path / "full", 2, "--coarse-checkpoint", str(tmp_path / "coarse" / "last.ckpt"),
                   "--recon-checkpoint", str(tmp_path / "recon" / "last.ckpt"))
     assert full["stage"] == "full"
-    with pytest.raises(SystemExit, match="stage"):
-        _train(tmp_path / "coarse", 4, "--resume")  # a coarse checkpoint cannot resume the full stage
+    # a coarse checkpoint cannot resume the full stage
+    assert main(["train", "--steps", "4", "--out", str(tmp_path / "coarse"), "--resume", *TINY]) == 2
+    assert "pass --stage coarse" in capsys.readouterr().err
 
 
 def test_inpaint_files_and_folders(trained, tmp_path):
@@ -63,7 +64,9 @@ def test_inpaint_files_and_folders(trained, tmp_path):
     ckpt = str(trained / "last.ckpt")
     assert main(["inpaint", "--checkpoint", ckpt, "--image", str(tmp_path / "in" / "face.png"),
                  "--mask", str(tmp_path / "masks" / "face.png"), "--out", str(tmp_path / "one.png")]) == 0
-    assert Image.open(tmp_path / "one.png").size == (32, 32)
+    out = np.asarray(Image.open(tmp_path / "one.png"))
+    assert out.shape == img.shape  # the image's own size, not the checkpoint's 32x32
+    assert (out[mask > 0] == img[mask > 0]).all() and (out[mask == 0] != img[mask == 0]).any()
     assert main(["inpaint", "--checkpoint", ckpt, "--image", str(tmp_path / "in"), "--mask", str(tmp_path / "masks"),
                  "--out", str(tmp_path / "outs")]) == 0
     assert (tmp_path / "outs" / "face.png").is_file()
@@ -97,5 +100,7 @@ def test_memory_format_defaults_to_channels_last_on_cpu(tmp_path, monkeypatch):
              for model in seen]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs[0])
     assert all(w.is_contiguous() for w in convs[1])
+    # Adam's first step moves every weight by about lr (2e-4) whatever its gradient's size, so a gradient
+    # entry near 0, summed in another order in the other layout, can move its weight by a good part of a step
     for key, value in cl["model"].items():
-        torch.testing.assert_close(value, nchw["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(value, nchw["model"][key], rtol=1e-4, atol=5e-5, msg=key)

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import torch
 
-from .common import default_memory_format
+from ..inpainting.precision import PRECISIONS, autocast, precision_name, resolve_precision
+
+from .common import CommandError, add_backend_argument, default_memory_format
 from .inpaint import load_model
 
 
@@ -20,17 +22,22 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=1234, help="seed of the masks (and of the synthetic faces)")
     p.add_argument("--json", help="also write the table as JSON here")
-    p.add_argument("--backend", help="mdrnet_fast backend (auto, reference, cpu, triton, cuda)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on a CPU with native bf16 (AVX-512 BF16 or AMX) and on a bf16 GPU, "
+                        "else fp32")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
 @torch.no_grad()
-def evaluate(model, dataset, size, limit, batch_size, seed, device):
-    """{bin: {"l1_percent", "psnr", "ssim", "images"}} with the same images in every bin."""
+def evaluate(model, dataset, size, limit, batch_size, seed, device, precision="fp32"):
+    """{bin: {"l1_percent", "psnr", "ssim", "images"}} with the same images in every bin; the model runs under
+    `precision` (PRECISIONS), the metrics in fp32."""
     from ..data import RATIO_BINS, FreeFormMasks
     from ..metrics import l1_percent, psnr, ssim
 
     n = min(limit, len(dataset))
+    dtype = resolve_precision(precision, device)
     table = {}
     for k, (name, ratio) in enumerate(RATIO_BINS.items()):
         masks = FreeFormMasks(size, ratio=ratio)
@@ -41,7 +48,8 @@ def evaluate(model, dataset, size, limit, batch_size, seed, device):
             image = torch.stack([dataset[i]["image"] for i in idx]).to(device, memory_format=fmt)
             mask = torch.stack([masks.sample(np.random.default_rng([seed, k, i])) for i in idx])
             mask = mask.to(device, memory_format=fmt)
-            out = model(image, mask).output
+            with autocast(device, dtype):
+                out = model(image, mask).output.float()
             scores["l1_percent"].append(l1_percent(out, image))
             scores["psnr"].append(psnr(out, image))
             scores["ssim"].append(ssim(out, image))
@@ -60,13 +68,18 @@ def run(args) -> int:
     import mdrnet_fast
     from ..data import ImageFolderDataset, SyntheticFaces
 
+    for name in ("limit", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.backend:
         mdrnet_fast.set_backend(args.backend)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, size = load_model(args.checkpoint, device)
     dataset = (ImageFolderDataset(args.data, size=size) if args.data
                else SyntheticFaces(size=size, length=args.limit, seed=args.seed))
-    table = evaluate(model, dataset, size, args.limit, args.batch_size, args.seed, device)
+    dtype = resolve_precision(args.precision, device)
+    print(f"precision {args.precision} -> {precision_name(dtype)}")
+    table = evaluate(model, dataset, size, args.limit, args.batch_size, args.seed, device, args.precision)
     print(format_table(table))
     if args.json:
         with open(args.json, "w") as f:

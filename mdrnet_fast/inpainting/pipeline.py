@@ -1,0 +1,165 @@
+"""mdrnet_fast.inpaint: a trained MDRNet on an image of any size, only its holes changed."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .images import Pixels, to_pixels, valid_map
+from .precision import autocast, precision_name, resolve_precision
+from .strategies import Box, plan
+
+Report = Callable[[str], None]
+
+
+def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pads bottom and right to a multiple: reflect (the image continues as a mirror, so the model sees no edge),
+    replicate where the image is too small to mirror that far."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+
+
+@contextlib.contextmanager
+def _stage_bar(model: torch.nn.Module, desc: str, enabled: bool):
+    """A progress bar over the model's top-level stages (coarse U-Net, parser, ..., refinement) of one pass."""
+    if not enabled:
+        yield
+        return
+    from tqdm import tqdm
+
+    stages = list(model.named_children())
+    bar = tqdm(total=len(stages), desc=desc, unit="stage", leave=False, dynamic_ncols=True)
+    def started(module, _args):
+        bar.set_postfix_str(names[module], refresh=True)
+
+    def finished(_module, _args, _output):
+        bar.update(1)  # a hook must return None, or it replaces the stage's output
+
+    names = {module: name for name, module in stages}
+    hooks = [hook for _, module in stages
+             for hook in (module.register_forward_pre_hook(started), module.register_forward_hook(finished))]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        bar.close()
+
+
+def run_model(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, dtype: Optional[torch.dtype],
+              progress: bool = False) -> torch.Tensor:
+    """One pass at rgb's own size: rgb (3,H,W) in [0, 1], valid (H,W) bool -> the model's face (3,H,W) in [0, 1]
+    (float32, on the CPU). Padded to the model's size multiple, cropped back."""
+    device = next(model.parameters()).device
+    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    h, w = rgb.shape[-2:]
+    multiple = getattr(model, "size_multiple", 1)
+    image = _pad(rgb[None].to(device) * 2 - 1, multiple).contiguous(memory_format=fmt)
+    mask = _pad(valid[None, None].to(device, torch.float32), multiple).contiguous(memory_format=fmt)
+    big = progress and h * w >= 1 << 20
+    with torch.inference_mode(), autocast(device, dtype), _stage_bar(model, f"{w}x{h}", big):
+        refined = model(image, mask).refined
+    return ((refined[0, :, :h, :w].float() + 1) / 2).clamp_(0, 1).cpu()
+
+
+def _run_resized(model, rgb, valid, dtype, max_side, progress) -> torch.Tensor:
+    """The fill of `rgb` computed at a long side of `max_side` (if larger) and scaled back to its size."""
+    h, w = rgb.shape[-2:]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return run_model(model, rgb, valid, dtype, progress)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(rgb[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0].clamp_(0, 1)
+    # a small pixel is a hole if any pixel under it is one
+    holes = F.interpolate((~valid)[None, None].float(), size=size, mode="area")[0, 0] > 0
+    fill = run_model(model, small, ~holes, dtype, progress)
+    return F.interpolate(fill[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp_(0, 1)
+
+
+def _paint(px: Pixels, out: np.ndarray, fill: torch.Tensor, holes: np.ndarray, box: Box) -> None:
+    top, left, bottom, right = box
+    px.paint(out[top:bottom, left:right], fill, holes[top:bottom, left:right])
+
+
+def inpaint_pixels(model, px: Pixels, valid: np.ndarray, strategy: str = "auto", precision: str = "auto", *,
+                   max_side: int = 2048, crop_margin: int = 128, progress: bool = False,
+                   report: Optional[Report] = None):
+    """inpaint() once the image is Pixels and the mask a (H,W) bool valid map; returns what px.back gives."""
+    holes = ~valid
+    report = report or (lambda line: None)
+    if not holes.any():
+        report("the mask has no hole: the image is returned unchanged")
+        return px.back(px.array.copy())
+    device = next(model.parameters()).device
+    dtype = resolve_precision(precision, device)
+    chosen = plan(holes, strategy, max_side, crop_margin)
+    report(f"{chosen.describe(strategy)}; precision {precision} -> {precision_name(dtype)}")
+    rgb, valid_t = px.rgb(), torch.from_numpy(valid)
+    out, whole = px.array.copy(), (0, 0, *holes.shape)
+    was_training = model.training
+    model.eval()
+    try:
+        if chosen.strategy == "crop":
+            from tqdm import tqdm
+
+            for box in tqdm(chosen.boxes, desc="crops", unit="crop", leave=False,
+                            disable=not progress or len(chosen.boxes) < 2):
+                top, left, bottom, right = box
+                fill = _run_resized(model, rgb[:, top:bottom, left:right], valid_t[top:bottom, left:right], dtype,
+                                    max_side, progress)
+                _paint(px, out, fill, holes, box)
+        else:
+            side = max_side if chosen.strategy == "resize" else max(holes.shape)
+            _paint(px, out, _run_resized(model, rgb, valid_t, dtype, side, progress), holes, whole)
+    finally:
+        model.train(was_training)
+    return px.back(out)
+
+
+def inpaint(model, image, mask=None, strategy: str = "auto", precision: str = "auto", *, max_side: int = 2048,
+            crop_margin: int = 128, invert_mask: bool = False, progress: bool = False,
+            report: Optional[Report] = None):
+    """Fills the holes of `image` with a trained MDRNet; every known pixel of the result is the input's.
+
+    image: a PIL image (any mode: grey, 16-bit, palette, RGB, RGBA), a NumPy array ((H,W) or (H,W,C), uint8,
+        uint16 or float in [0, 1]), a tensor ((C,H,W) or (B,C,H,W), uint8 or float in [0, 1]) or a file path.
+        The result is of the same kind, mode, shape and dtype (a path gives a PIL image).
+    mask: white (or 1, or True) = valid, black = hole; 0/1 and 0/255 masks alike; an RGBA mask whose alpha varies
+        is read from its alpha (transparent = hole). It must have the image's size. None: the image's own
+        transparent pixels are the holes. `invert_mask` for masks that are white where the holes are.
+    strategy: "full" (the whole image at its own resolution), "crop" (each group of holes with `crop_margin`
+        pixels of context, scaled down to `max_side` if larger), "resize" (the image scaled to a long side of
+        `max_side`, the fill scaled back), or "auto" (see mdrnet_fast.inpainting.strategies).
+    precision: "auto" (bf16 autocast on a CPU with native bf16 and on a bf16 GPU, else fp32), "fp32" or "bf16".
+    progress: tqdm bars (crops; the model's stages on a large image). report: called with one line saying which
+        strategy and precision were taken.
+
+    The model runs where its parameters are, on the image padded to its size multiple; an all-valid mask returns
+    the image unchanged without running it.
+    """
+    if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[0] > 1:
+        masks = [None] * image.shape[0] if mask is None else list(mask if mask.dim() == 4 else mask[:, None])
+        return torch.stack([inpaint(model, im, m, strategy, precision, max_side=max_side, crop_margin=crop_margin,
+                                    invert_mask=invert_mask, progress=progress, report=report)
+                            for im, m in zip(image, masks)])
+    px = to_pixels(image)
+    if mask is not None:
+        valid = valid_map(mask, px.size, invert_mask)
+    elif px.has_alpha and px.transparent().any():
+        valid = ~px.transparent()
+    else:
+        raise ValueError("no mask given and the image has no transparent pixels: give a mask (white = valid, "
+                         "black = hole) or an RGBA image whose transparent pixels are the holes")
+    start = time.perf_counter()
+    result = inpaint_pixels(model, px, valid, strategy, precision, max_side=max_side, crop_margin=crop_margin,
+                            progress=progress, report=report)
+    if report is not None and (~valid).any():
+        report(f"inpainted in {time.perf_counter() - start:.1f} s")
+    return result
