@@ -1,11 +1,14 @@
 """The bench tools run end to end on small cases: bench/paired_ratios.py on an op case and a model step (the
 numbers are not checked, only that every implementation was timed in every round and the ratios are
-consistent), bench/profile_model.py with its by-caller table, bench/conv_layouts.py."""
+consistent), bench/profile_model.py with its by-caller table, bench/conv_layouts.py, bench/memory_peak.py and
+bench/inpaint_command.py."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +59,28 @@ def test_conv_layouts_small_shape():
     assert res.returncode == 0, res.stderr[-3000:]
     row = res.stdout.strip().splitlines()[-1].split()
     assert row[:4] == ["B1", "4->8", "9x9", "k3"] and len(row) == 10
+
+
+def test_memory_peak_lists_the_live_tensors():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "memory_peak.py"), "--preset", "cpu-demo", "--size",
+                          "96x64", "--precision", "fp32", "--min-mib", "0.01", "--top", "3"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("peak (cpu-demo, 96x64, fp32):") and "within refine" in res.stdout
+    assert "float32" in res.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/time"), reason="needs GNU time at /usr/bin/time")
+def test_inpaint_command_bench_small_cases(tmp_path):
+    out = tmp_path / "rows.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "inpaint_command.py"), "--cases",
+                          "150x100:full:fp32:auto", "300x200:resize:bf16:reference", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["width"], r["strategy"], r["backend"], r["rc"]) for r in rows] == [
+        (150, "full", "auto", 0), (300, "resize", "reference", 0)]
+    assert all(r["peak_rss_gib"] > 0 and r["wall_s"] > 0 and "error" not in r for r in rows)
+    assert "| 150x100 | full | fp32 | auto |" in res.stdout

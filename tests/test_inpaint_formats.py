@@ -476,7 +476,7 @@ def test_no_warning_in_a_fresh_process(tmp_path, checkpoint):
         from PIL import Image
         import mdrnet_fast
         from mdrnet_fast.cli import main
-        from mdrnet_fast.commands.inpaint import load_model
+        from mdrnet_fast.inpainting import load_model
 
         tmp = {str(tmp_path)!r}
         rng = np.random.default_rng(0)
@@ -488,7 +488,7 @@ def test_no_warning_in_a_fresh_process(tmp_path, checkpoint):
         for image in ("i.png", "g.png"):
             assert main(["inpaint", "--checkpoint", {checkpoint!r}, "--image", tmp + "/" + image, "--mask",
                          tmp + "/m1.png", "--out", tmp + "/o.png", "--no-progress"]) == 0
-        model, _ = load_model({checkpoint!r}, torch.device("cpu"))
+        model = load_model({checkpoint!r}, torch.device("cpu"))
         mask = np.asarray(Image.open(tmp + "/m1.png"))
         mdrnet_fast.inpaint(model, np.asarray(Image.open(tmp + "/i.png")), mask)
         print("ok")

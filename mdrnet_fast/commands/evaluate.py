@@ -9,8 +9,8 @@ import torch
 
 from ..inpainting.precision import PRECISIONS, autocast, precision_name, resolve_precision
 
+from ..inpainting import load_model
 from .common import CommandError, add_backend_argument, default_memory_format
-from .inpaint import load_model
 
 
 def add_parser(sub) -> None:
@@ -74,7 +74,8 @@ def run(args) -> int:
     if args.backend:
         mdrnet_fast.set_backend(args.backend)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, size = load_model(args.checkpoint, device)
+    model = load_model(args.checkpoint, device)
+    size = model.image_size
     dataset = (ImageFolderDataset(args.data, size=size) if args.data
                else SyntheticFaces(size=size, length=args.limit, seed=args.seed))
     dtype = resolve_precision(args.precision, device)

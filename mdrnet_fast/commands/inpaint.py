@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from .common import CommandError, add_backend_argument, default_memory_format, load_checkpoint
+from ..inpainting import PRECISIONS, STRATEGIES, load_model, read_image, read_mask, save_image
+from ..inpainting.images import check_output_path
+from .common import CommandError, add_backend_argument
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def add_parser(sub) -> None:
-    from ..inpainting import PRECISIONS, STRATEGIES
-
     p = sub.add_parser("inpaint", help="inpaint images with a trained checkpoint (files or folders), at their own size",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Writes each image with its holes filled, at the image's own width and height; "
@@ -46,22 +46,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_model(path, device):
-    """The MDRNet of a full-stage checkpoint, in eval mode, and its training image size."""
-    from ..models import MDRNet
-
-    ckpt = load_checkpoint(path)
-    if ckpt["stage"] != "full":
-        raise CommandError(f"{path} is a {ckpt['stage']!r} checkpoint; inpainting needs a 'full' one")
-    model = MDRNet(**ckpt["config"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device, memory_format=default_memory_format(device)).eval(), ckpt["config"]["image_size"]
-
-
 def _pairs(args):
     """[(image, mask or None, out)] for a file or a folder, checked before any model runs."""
-    from ..inpainting.images import check_output_path
-
     image, out = Path(args.image), Path(args.out)
     mask = Path(args.mask) if args.mask else None
     if not image.exists():
@@ -94,8 +80,6 @@ def run(args) -> int:
     import mdrnet_fast
     from tqdm import tqdm
 
-    from ..inpainting import read_image, read_mask, save_image
-
     for name in ("max_side", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -109,11 +93,11 @@ def run(args) -> int:
     if any(out.suffix.lower() in (".jpg", ".jpeg") for _, _, out in pairs):
         print("note: JPEG is lossy, so the known pixels of the output are not the input's bit for bit; "
               ".png, .webp and .tif keep them")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(args.checkpoint, device)
+    model = load_model(args.checkpoint)
     folder = len(pairs) > 1 or Path(args.image).is_dir()
     failed = 0
-    for image_path, mask_path, out_path in tqdm(pairs, desc="images", unit="image", disable=args.no_progress or not folder):
+    bar = tqdm(pairs, desc="images", unit="image", disable=args.no_progress or not folder)
+    for image_path, mask_path, out_path in bar:
         def report(line, name=image_path.name):
             tqdm.write(f"{name}: {line}")
 

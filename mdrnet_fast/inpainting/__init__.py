@@ -2,12 +2,13 @@
 
 images.py reads images and masks (files, PIL, NumPy, tensors) and writes the fill back into the holes only;
 strategies.py chooses what the model sees (full, crop, resize, auto); precision.py the autocast dtype;
-pipeline.py runs it all.
+pipeline.py runs it all; checkpoint.py loads a trained model.
 """
+from .checkpoint import load_model
 from .images import read_image, read_mask, save_image, to_pixels, valid_map
 from .pipeline import inpaint, run_model
 from .precision import PRECISIONS, cpu_has_native_bf16, resolve_precision
 from .strategies import STRATEGIES, hole_regions, plan
 
-__all__ = ["inpaint", "run_model", "read_image", "read_mask", "save_image", "to_pixels", "valid_map", "PRECISIONS",
-           "STRATEGIES", "cpu_has_native_bf16", "resolve_precision", "hole_regions", "plan"]
+__all__ = ["inpaint", "load_model", "run_model", "read_image", "read_mask", "save_image", "to_pixels", "valid_map",
+           "PRECISIONS", "STRATEGIES", "cpu_has_native_bf16", "resolve_precision", "hole_regions", "plan"]

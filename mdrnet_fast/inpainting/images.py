@@ -18,8 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # what `--out` may end with, and the Pillow format written for each
 OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
                   ".jpeg": "JPEG"}
-LOSSY = ("JPEG",)
-# Pillow modes converted before use: a palette or another colour space becomes RGB (or RGBA with transparency)
+# the grey modes and the mode each is read as ("1" as L, 32-bit "I" as 16-bit); any other mode is read as RGB,
+# or RGBA when it has transparency
 _GREY = {"1": "L", "L": "L", "LA": "LA", "I;16": "I;16", "I;16L": "I;16", "I;16B": "I;16", "I;16N": "I;16",
          "I": "I;16"}
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as Pillow's convert("L")
@@ -258,5 +258,6 @@ def save_image(image: Image.Image, path) -> None:
     if fmt in ("JPEG", "BMP") and image.mode in ("RGBA", "LA"):
         image = image.convert(image.mode[:-1])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    options = {"lossless": True} if fmt == "WEBP" else {"quality": 95} if fmt == "JPEG" else {}
+    # PNG at zlib level 1: a 4K photo is written in 0.4 s instead of 2.3 s (level 6), for a file ~20 % larger
+    options = {"WEBP": {"lossless": True}, "JPEG": {"quality": 95}, "PNG": {"compress_level": 1}}.get(fmt, {})
     image.save(path, format=fmt, **options)

@@ -108,9 +108,8 @@ def conv_in_row_bands(conv: nn.Module, sources: Sequence[RowSource], like: torch
     from `band_bytes` (default BAND_BYTES).
     """
     fn = _height_unpadded(conv)
-    (kernel, _), (stride, _), (padding, _), (dilation, _) = (
-        (conv.conv if isinstance(conv, GatedConv2d) else conv).__getattribute__(a)
-        for a in ("kernel_size", "stride", "padding", "dilation"))
+    layer = conv.conv if isinstance(conv, GatedConv2d) else conv
+    kernel, stride, padding, dilation = (getattr(layer, a)[0] for a in ("kernel_size", "stride", "padding", "dilation"))
     height, width = size
     out_h = (height + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     row_bytes = temp_channels * like.shape[0] * width * like.element_size()
