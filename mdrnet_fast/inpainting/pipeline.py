@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from .images import Pixels, to_pixels, valid_map
 from .precision import autocast, precision_name, resolve_precision
-from .strategies import Box, plan
+from .segmentation import read_segmentation
+from .strategies import AUTO_FULL_MAX, Box, plan
 
 Report = Callable[[str], None]
 
@@ -53,33 +54,50 @@ def _stage_bar(model: torch.nn.Module, desc: str, enabled: bool):
         bar.close()
 
 
-def run_model(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, dtype: Optional[torch.dtype],
-              progress: bool = False) -> torch.Tensor:
-    """One pass at rgb's own size: rgb (3,H,W) in [0, 1], valid (H,W) bool -> the model's face (3,H,W) in [0, 1]
-    (float32, on the CPU). Padded to the model's size multiple, cropped back."""
+def _prepared(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, labels: Optional[torch.Tensor]):
+    """(image in [-1, 1], mask, labels or None), batched, on the model's device and in its layout, padded to its
+    size multiple."""
     device = next(model.parameters()).device
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    h, w = rgb.shape[-2:]
     multiple = getattr(model, "size_multiple", 1)
     image = _pad(rgb[None].to(device) * 2 - 1, multiple).contiguous(memory_format=fmt)
     mask = _pad(valid[None, None].to(device, torch.float32), multiple).contiguous(memory_format=fmt)
+    if labels is not None:
+        labels = _pad(labels[None, None].to(device, torch.float32), multiple)[:, 0].long()
+    return image, mask, labels
+
+
+def run_model(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, dtype: Optional[torch.dtype],
+              progress: bool = False, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One pass at rgb's own size: rgb (3,H,W) in [0, 1], valid (H,W) bool, labels (H,W) int or None (the
+    parser's) -> the model's face (3,H,W) in [0, 1] (float32, on the CPU). Padded to the model's size multiple,
+    cropped back."""
+    h, w = rgb.shape[-2:]
+    image, mask, labels = _prepared(model, rgb, valid, labels)
     big = progress and h * w >= 1 << 20
-    with torch.inference_mode(), autocast(device, dtype), _stage_bar(model, f"{w}x{h}", big):
-        refined = model(image, mask).refined
+    with torch.inference_mode(), autocast(image.device, dtype), _stage_bar(model, f"{w}x{h}", big):
+        refined = model(image, mask, segmentation=labels).refined
     return ((refined[0, :, :h, :w].float() + 1) / 2).clamp_(0, 1).cpu()
 
 
-def _run_resized(model, rgb, valid, dtype, max_side, progress) -> torch.Tensor:
+def _resized(rgb, valid, labels, size):
+    """rgb, valid and labels at `size`: the image antialiased, a pixel a hole if any pixel under it is one, the
+    labels nearest."""
+    small = F.interpolate(rgb[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0].clamp_(0, 1)
+    holes = F.interpolate((~valid)[None, None].float(), size=size, mode="area")[0, 0] > 0
+    if labels is not None:
+        labels = F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    return small, ~holes, labels
+
+
+def _run_resized(model, rgb, valid, dtype, max_side, progress, labels=None) -> torch.Tensor:
     """The fill of `rgb` computed at a long side of `max_side` (if larger) and scaled back to its size."""
     h, w = rgb.shape[-2:]
     scale = max_side / max(h, w)
     if scale >= 1:
-        return run_model(model, rgb, valid, dtype, progress)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = F.interpolate(rgb[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0].clamp_(0, 1)
-    # a small pixel is a hole if any pixel under it is one
-    holes = F.interpolate((~valid)[None, None].float(), size=size, mode="area")[0, 0] > 0
-    fill = run_model(model, small, ~holes, dtype, progress)
+        return run_model(model, rgb, valid, dtype, progress, labels)
+    small = _resized(rgb, valid, labels, (max(1, round(h * scale)), max(1, round(w * scale))))
+    fill = run_model(model, *small[:2], dtype, progress, small[2])
     return F.interpolate(fill[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp_(0, 1)
 
 
@@ -90,8 +108,9 @@ def _paint(px: Pixels, out: np.ndarray, fill: torch.Tensor, holes: np.ndarray, b
 
 def inpaint_pixels(model, px: Pixels, valid: np.ndarray, strategy: str = "auto", precision: str = "auto", *,
                    max_side: int = 2048, crop_margin: int = 128, progress: bool = False,
-                   report: Optional[Report] = None):
-    """inpaint() once the image is Pixels and the mask a (H,W) bool valid map; returns what px.back gives."""
+                   report: Optional[Report] = None, labels: Optional[np.ndarray] = None):
+    """inpaint() once the image is Pixels, the mask a (H,W) bool valid map and the segmentation (H,W) labels or
+    None; returns what px.back gives."""
     holes = ~valid
     report = report or (lambda line: None)
     if not holes.any():
@@ -102,6 +121,7 @@ def inpaint_pixels(model, px: Pixels, valid: np.ndarray, strategy: str = "auto",
     chosen = plan(holes, strategy, max_side, crop_margin)
     report(f"{chosen.describe(strategy)}; precision {precision} -> {precision_name(dtype)}")
     rgb, valid_t = px.rgb(), torch.from_numpy(valid)
+    labels_t = torch.from_numpy(labels) if labels is not None else None
     out, whole = px.array.copy(), (0, 0, *holes.shape)
     was_training = model.training
     model.eval()
@@ -112,20 +132,31 @@ def inpaint_pixels(model, px: Pixels, valid: np.ndarray, strategy: str = "auto",
             for box in tqdm(chosen.boxes, desc="crops", unit="crop", leave=False,
                             disable=not progress or len(chosen.boxes) < 2):
                 top, left, bottom, right = box
+                crop = labels_t[top:bottom, left:right] if labels_t is not None else None
                 fill = _run_resized(model, rgb[:, top:bottom, left:right], valid_t[top:bottom, left:right], dtype,
-                                    max_side, progress)
+                                    max_side, progress, crop)
                 _paint(px, out, fill, holes, box)
         else:
             side = max_side if chosen.strategy == "resize" else max(holes.shape)
-            _paint(px, out, _run_resized(model, rgb, valid_t, dtype, side, progress), holes, whole)
+            _paint(px, out, _run_resized(model, rgb, valid_t, dtype, side, progress, labels_t), holes, whole)
     finally:
         model.train(was_training)
     return px.back(out)
 
 
+def _valid(px: Pixels, mask, invert_mask: bool) -> np.ndarray:
+    """The (H,W) valid map of a mask, or of the image's own transparency when there is no mask."""
+    if mask is not None:
+        return valid_map(mask, px.size, invert_mask)
+    if px.has_alpha and px.transparent().any():
+        return ~px.transparent()
+    raise ValueError("no mask given and the image has no transparent pixels: give a mask (white = valid, "
+                     "black = hole) or an RGBA image whose transparent pixels are the holes")
+
+
 def inpaint(model, image, mask=None, strategy: str = "auto", precision: str = "auto", *, max_side: int = 2048,
-            crop_margin: int = 128, invert_mask: bool = False, progress: bool = False,
-            report: Optional[Report] = None):
+            crop_margin: int = 128, invert_mask: bool = False, segmentation=None, segmentation_format: str = "14",
+            progress: bool = False, report: Optional[Report] = None):
     """Fills the holes of `image` with a trained MDRNet; every known pixel of the result is the input's.
 
     image: a PIL image (any mode: grey, 16-bit, palette, RGB, RGBA), a NumPy array ((H,W) or (H,W,C), uint8,
@@ -138,28 +169,50 @@ def inpaint(model, image, mask=None, strategy: str = "auto", precision: str = "a
         pixels of context, scaled down to `max_side` if larger), "resize" (the image scaled to a long side of
         `max_side`, the fill scaled back), or "auto" (see mdrnet_fast.inpainting.strategies).
     precision: "auto" (bf16 autocast on a CPU with native bf16 and on a bf16 GPU, else fp32), "fp32" or "bf16".
+    segmentation: a semantic map of the image's size that steers the fill, instead of the parser's (a label
+        PNG, or one written by `segment` + `save_segmentation` and edited; an (H,W) integer array or tensor);
+        `segmentation_format` "celebamask-hq" for CelebAMask-HQ's 19 labels.
     progress: tqdm bars (crops; the model's stages on a large image). report: called with one line saying which
         strategy and precision were taken.
 
     The model runs where its parameters are, on the image padded to its size multiple; an all-valid mask returns
     the image unchanged without running it.
     """
+    options = dict(max_side=max_side, crop_margin=crop_margin, invert_mask=invert_mask,
+                   segmentation_format=segmentation_format, progress=progress, report=report)
     if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[0] > 1:
-        masks = [None] * image.shape[0] if mask is None else list(mask if mask.dim() == 4 else mask[:, None])
-        return torch.stack([inpaint(model, im, m, strategy, precision, max_side=max_side, crop_margin=crop_margin,
-                                    invert_mask=invert_mask, progress=progress, report=report)
-                            for im, m in zip(image, masks)])
+        n = image.shape[0]
+        masks = [None] * n if mask is None else list(mask if mask.dim() == 4 else mask[:, None])
+        maps = [None] * n if segmentation is None else list(segmentation)
+        return torch.stack([inpaint(model, im, m, strategy, precision, segmentation=seg, **options)
+                            for im, m, seg in zip(image, masks, maps)])
     px = to_pixels(image)
-    if mask is not None:
-        valid = valid_map(mask, px.size, invert_mask)
-    elif px.has_alpha and px.transparent().any():
-        valid = ~px.transparent()
-    else:
-        raise ValueError("no mask given and the image has no transparent pixels: give a mask (white = valid, "
-                         "black = hole) or an RGBA image whose transparent pixels are the holes")
+    valid = _valid(px, mask, invert_mask)
+    labels = None if segmentation is None else read_segmentation(segmentation, px.size, segmentation_format)
     start = time.perf_counter()
     result = inpaint_pixels(model, px, valid, strategy, precision, max_side=max_side, crop_margin=crop_margin,
-                            progress=progress, report=report)
+                            progress=progress, report=report, labels=labels)
     if report is not None and (~valid).any():
         report(f"inpainted in {time.perf_counter() - start:.1f} s")
     return result
+
+
+def segment(model, image, mask=None, precision: str = "auto", *, invert_mask: bool = False,
+            max_side: int = 2048) -> np.ndarray:
+    """The parser's (H,W) int64 labels for `image` (same kinds and mask rules as inpaint): what the model sees
+    in its coarse face. At the image's own resolution up to AUTO_FULL_MAX pixels, else at a long side of
+    `max_side`, scaled back (nearest). Write it with save_segmentation, edit it, and give it to inpaint."""
+    px = to_pixels(image)
+    valid = torch.from_numpy(_valid(px, mask, invert_mask))
+    rgb = px.rgb()
+    h, w = rgb.shape[-2:]
+    if h * w > AUTO_FULL_MAX and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        rgb, valid, _ = _resized(rgb, valid, None, (max(1, round(h * scale)), max(1, round(w * scale))))
+    hs, ws = rgb.shape[-2:]
+    image_t, mask_t, _ = _prepared(model, rgb, valid, None)
+    device = image_t.device
+    with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
+        labels = model.segment(image_t, mask_t)[:, :hs, :ws]
+    labels = F.interpolate(labels[None].float(), size=(h, w), mode="nearest")[0, 0].long()
+    return labels.cpu().numpy()

@@ -63,7 +63,8 @@ class MDRNet(nn.Module):
         self.refine = GuidedRefinementNetwork(base_channels, feature_down, gated_blocks, spade_blocks,
                                               style_channels, spade_hidden)
 
-    def forward(self, image, mask, segmentation=None) -> MDRNetOutput:
+    def _coarse_face(self, image, mask):
+        """(mask in image's dtype, the coarse network's face, P = that face with the known pixels kept)."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B,3,H,W), got {tuple(image.shape)}")
         if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
@@ -76,16 +77,27 @@ class MDRNet(nn.Module):
                              "back for you)")
         mask = mask.to(image.dtype)
         coarse = self.coarse(image * mask, mask)
-        p = coarse * (1 - mask) + image * mask  # the coarse face, known pixels kept
+        return mask, coarse, coarse * (1 - mask) + image * mask
+
+    def _parse(self, p):
+        logits = self.parser(p)
+        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"the parser must return (B,n={self.num_classes},H,W) logits, got {tuple(logits.shape)}")
+        return logits
+
+    def segment(self, image, mask) -> torch.Tensor:
+        """(B,H,W) labels: what the parser sees in the coarse face, the map forward() uses when none is given."""
+        return self._parse(self._coarse_face(image, mask)[2]).argmax(1)
+
+    def forward(self, image, mask, segmentation=None) -> MDRNetOutput:
+        mask, coarse, p = self._coarse_face(image, mask)
 
         # labels are in [0, n) from here on (an argmax over n channels, or checked once here): the region ops
         # below skip their own check, which is a host sync per call on a GPU
         n = self.num_classes
         logits = None
         if segmentation is None:
-            logits = self.parser(p)
-            if logits.dim() != 4 or logits.shape[1] != n:
-                raise ValueError(f"the parser must return (B,n={n},H,W) logits, got {tuple(logits.shape)}")
+            logits = self._parse(p)
             labels = logits.argmax(1)
         elif segmentation.is_floating_point():
             if segmentation.dim() != 4 or segmentation.shape[1] != n:
