@@ -201,10 +201,11 @@ def resolve(op: str, device: torch.device) -> str:
     """The backend that runs `op` (a kernel family, e.g. "region_pool") on `device` under the current setting.
 
     A forced fast backend that is unavailable or cannot run on the device raises; `auto` takes the
-    first fast backend with a forward kernel for `op`, else the reference (logged once).
+    first fast backend with a forward kernel for `op`, else the reference (logged once). Meta tensors (a model
+    built before it is materialised) take the reference, whatever the setting.
     """
     setting = _current
-    if setting == "reference":
+    if setting == "reference" or device.type == "meta":  # meta tensors have shapes only: the reference gives them
         return "reference"
     if setting != "auto":
         ok, reason = backend_available(setting)

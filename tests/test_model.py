@@ -157,3 +157,22 @@ def test_graphed_inference_replays_the_eager_forward(backend):
             assert torch.equal(got.labels, want.labels)
     with pytest.raises(ValueError, match=r"image must be \(2, 3, 32, 32\)"):
         graphed(image[:1], mask[:1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "cpu"])
+def test_model_builds_and_runs_on_meta_then_materialises(backend, caplog):
+    """Built on the meta device (shapes only, no memory) and run there under any backend setting, then
+    materialised with real weights: what large-model tooling does."""
+    config = dict(image_size=64, base_channels=8, style_channels=16, memory_slots=4, parser_channels=4,
+                  gated_blocks=1, spade_blocks=1, spade_hidden=8)
+    with torch.device("meta"):
+        model = MDRNet(**config).eval()
+    image, mask = torch.empty(2, 3, 64, 96, device="meta"), torch.empty(2, 1, 64, 96, device="meta")
+    labels = torch.empty(2, 64, 96, dtype=torch.long, device="meta")
+    with mdrnet_fast.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(image, mask)
+        guided = model(image, mask, segmentation=labels)
+    assert out.output.shape == guided.output.shape == (2, 3, 64, 96) and out.output.device.type == "meta"
+    assert "no fast kernel" not in caplog.text
+    model.to_empty(device="cpu").load_state_dict(MDRNet(**config).state_dict())
+    assert model(torch.rand(1, 3, 64, 64) * 2 - 1, torch.ones(1, 1, 64, 64)).output.isfinite().all()

@@ -16,13 +16,22 @@ def out_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for any device type: False for those without autocast (meta, whose tensors build
+    a model's shapes before it is materialised), where torch raises."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def no_autocast(fn):
     """Kernels run in the dtypes they are given: the public op already applied the autocast policy."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         devices = {a.device.type for a in args if isinstance(a, torch.Tensor)}
-        active = [d for d in devices if torch.is_autocast_enabled(d)]
+        active = [d for d in devices if autocast_enabled(d)]
         if not active:  # the common case: no context to enter (it costs more than a small kernel)
             return fn(*args, **kwargs)
         with contextlib.ExitStack() as stack:

@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..composite._common import autocast_enabled
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -63,6 +65,6 @@ def common_dtype(*ts: Optional[torch.Tensor]) -> torch.dtype:
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The low-precision dtype when autocast is on for this device type (conv-like ops follow it)."""
-    if torch.is_autocast_enabled(device.type):
+    if autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None

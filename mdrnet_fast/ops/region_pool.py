@@ -18,8 +18,9 @@ def check_labels(seg: Tensor, num_classes: int) -> None:
 
     Reading the range is one host sync on a GPU. It is skipped where there are no values to read or where a
     sync is not allowed: under torch.compile, in a dispatch mode such as FakeTensorMode, and while a CUDA
-    graph is being captured. (The fast kernels ignore such pixels rather than read out of bounds.)"""
-    if (not seg.is_floating_point() and seg.numel() and not torch.compiler.is_compiling()
+    graph is being captured; on meta tensors, which have no values. (The fast kernels ignore such pixels rather
+    than read out of bounds.)"""
+    if (not seg.is_floating_point() and seg.numel() and seg.device.type != "meta" and not torch.compiler.is_compiling()
             and not torch._C._len_torch_dispatch_stack()
             and not (seg.is_cuda and torch.cuda.is_current_stream_capturing())):
         lo, hi = torch.stack(torch.aminmax(seg)).tolist()  # one reduction, one sync for both ends
