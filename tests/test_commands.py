@@ -104,3 +104,29 @@ def test_memory_format_defaults_to_channels_last_on_cpu(tmp_path, monkeypatch):
     # entry near 0, summed in another order in the other layout, can move its weight by a good part of a step
     for key, value in cl["model"].items():
         torch.testing.assert_close(value, nchw["model"][key], rtol=1e-4, atol=5e-5, msg=key)
+
+
+def test_eval_compare_paper_sets_ours_beside_table1(trained, capsys):
+    assert main(["eval", "--checkpoint", str(trained / "last.ckpt"), "--limit", "2", "--batch-size", "2",
+                 "--compare-paper", "ffhq", "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "ShowFace Table 1, FFHQ" in out and "precision fp32 -> fp32" in out
+    showface = next(line for line in out.splitlines() if line.split()[:1] == ["ShowFace"] and "Table" not in line)
+    assert showface.split()[1:4] == ["0.470", "1.395", "3.068"]  # the paper's L1 (%) per bin, FFHQ
+    ours = next(line for line in out.splitlines() if line.startswith("this checkpoint"))
+    assert ours.split()[6:9] == ["n/a"] * 3  # no FID yet
+
+
+def test_table1_as_printed_in_the_paper():
+    from mdrnet_fast.paper import compare, table1
+
+    celeba = table1("celeba-hq")
+    assert list(celeba) == ["PConv", "DeepFillv2", "PIC", "CTSDG", "DSI", "ICT", "ShowFace"]
+    assert celeba["ShowFace"]["40-60%"] == {"l1_percent": 2.937, "fid": 12.086, "psnr": 24.177, "ssim": 0.800}
+    assert table1("ffhq")["ICT"]["1-20%"]["fid"] == 3.244
+    for method in celeba.values():  # ShowFace's row is the best of each column, as the paper says for CelebA-HQ
+        for b, row in method.items():
+            best = celeba["ShowFace"][b]
+            assert best["l1_percent"] <= row["l1_percent"] and best["psnr"] >= row["psnr"]
+    with pytest.raises(ValueError, match="celeba-hq, ffhq"):
+        compare({}, "places2")

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..inpainting.precision import PRECISIONS, autocast, precision_name, resolve_precision
+from ..paper import DATASETS, compare
 
 from ..inpainting import load_model
 from .common import CommandError, add_backend_argument, default_memory_format
@@ -25,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 autocast on a CPU with native bf16 (AVX-512 BF16 or AMX) and on a bf16 GPU, "
                         "else fp32")
+    p.add_argument("--compare-paper", choices=sorted(DATASETS), metavar="DATASET",
+                   help=f"also print ShowFace's Table 1 for that dataset ({', '.join(sorted(DATASETS))}) with this "
+                        "checkpoint's row beside the paper's methods")
     add_backend_argument(p)
     p.set_defaults(func=run)
 
@@ -82,6 +87,8 @@ def run(args) -> int:
     print(f"precision {args.precision} -> {precision_name(dtype)}")
     table = evaluate(model, dataset, size, args.limit, args.batch_size, args.seed, device, args.precision)
     print(format_table(table))
+    if args.compare_paper:
+        print("\n" + compare(table, args.compare_paper, f"this checkpoint ({Path(args.checkpoint).name})"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=2)
