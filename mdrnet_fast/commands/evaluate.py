@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inpainting import load_model
 from ..inpainting.precision import PRECISIONS, autocast, precision_name, resolve_precision
 from ..paper import DATASETS, compare
-
-from ..inpainting import load_model
 from .common import CommandError, add_backend_argument, default_memory_format
 
 
