@@ -13,6 +13,15 @@ class CommandError(Exception):
     """A usage or bad-input error of a command: `mdrnet-fast` prints its message in one line and exits 2."""
 
 
+def check_minimum(args, minimum: int, *names: str) -> None:
+    """CommandError for the first of the numeric arguments `names` (argparse dests) below `minimum`; unset
+    (None) ones pass."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 def add_backend_argument(parser) -> None:
     from .._dispatch import BACKENDS
 

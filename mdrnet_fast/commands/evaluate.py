@@ -11,7 +11,7 @@ import torch
 from ..inpainting import load_model
 from ..inpainting.precision import PRECISIONS, autocast, precision_name, resolve_precision
 from ..paper import DATASETS, compare
-from .common import CommandError, add_backend_argument, default_memory_format
+from .common import add_backend_argument, check_minimum, default_memory_format
 
 
 def add_parser(sub) -> None:
@@ -72,9 +72,7 @@ def run(args) -> int:
     import mdrnet_fast
     from ..data import ImageFolderDataset, SyntheticFaces
 
-    for name in ("limit", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_minimum(args, 1, "limit", "batch_size")
     if args.backend:
         mdrnet_fast.set_backend(args.backend)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,7 +16,7 @@ from ..inpainting import (PRECISIONS, STRATEGIES, load_model, read_image, read_m
                           save_segmentation, segment)
 from ..inpainting.images import check_output_path
 from ..inpainting.segmentation import FORMATS as SEGMENTATION_FORMATS
-from .common import CommandError, add_backend_argument
+from .common import CommandError, add_backend_argument, check_minimum
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -109,11 +109,8 @@ def run(args) -> int:
     import mdrnet_fast
     from tqdm import tqdm
 
-    for name in ("max_side", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.crop_margin < 0:
-        raise CommandError(f"--crop-margin must be >= 0, got {args.crop_margin}")
+    check_minimum(args, 1, "max_side", "threads")
+    check_minimum(args, 0, "crop_margin")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend:
@@ -150,7 +147,7 @@ def _run_job(model, job: _Job, args, report) -> None:
     mask = read_mask(job.mask) if job.mask is not None else None
     given = None
     if job.segmentation is not None:
-        given = read_segmentation(read_image(job.segmentation), image.size[::-1], args.segmentation_format)
+        given = read_segmentation(job.segmentation, image.size[::-1], args.segmentation_format)
         report(f"segmentation from {job.segmentation}")
     if job.save_segmentation is not None:  # the map given, or the parser's (which inpaint then makes itself)
         shown = given if given is not None else segment(model, image, mask, args.precision,

@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .common import (CHECKPOINT_KEYS, PRESETS, CommandError, add_backend_argument, default_memory_format,
-                     default_preset, load_checkpoint, rng_state, sample_grid, save_atomic, set_rng_state)
+from .common import (CHECKPOINT_KEYS, PRESETS, CommandError, add_backend_argument, check_minimum,
+                     default_memory_format, default_preset, load_checkpoint, rng_state, sample_grid, save_atomic,
+                     set_rng_state)
 
 STAGES = ("coarse", "recon", "full")
 RESUME_KEYS = CHECKPOINT_KEYS + ("step", "optimizer", "critic", "critic_optimizer", "scaler", "rng")
@@ -150,12 +151,9 @@ def _check_args(args) -> None:
     """The arguments argparse cannot check, before anything is loaded or written."""
     from ..data import RATIO_BINS
 
-    for name in ("steps", "batch_size", "ckpt_every", "sample_every", "synthetic_size", "threads", "image_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.workers < 0:
-        raise CommandError(f"--workers must be >= 0, got {args.workers}")
+    check_minimum(args, 1, "steps", "batch_size", "ckpt_every", "sample_every", "synthetic_size", "threads",
+                  "image_size")
+    check_minimum(args, 0, "workers")
     if not args.lr > 0:  # also NaN
         raise CommandError(f"--lr must be > 0, got {args.lr}")
     if args.mask_ratio != "mixed" and args.mask_ratio not in RATIO_BINS:

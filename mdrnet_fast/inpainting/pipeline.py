@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..commands.common import default_memory_format
 from .images import Pixels, to_pixels, valid_map
 from .precision import autocast, precision_name, resolve_precision
 from .segmentation import read_segmentation
@@ -58,7 +59,7 @@ def _prepared(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, la
     """(image in [-1, 1], mask, labels or None), batched, on the model's device and in its layout, padded to its
     size multiple."""
     device = next(model.parameters()).device
-    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    fmt = default_memory_format(device)
     multiple = getattr(model, "size_multiple", 1)
     image = _pad(rgb[None].to(device) * 2 - 1, multiple).contiguous(memory_format=fmt)
     mask = _pad(valid[None, None].to(device, torch.float32), multiple).contiguous(memory_format=fmt)
@@ -90,13 +91,18 @@ def _resized(rgb, valid, labels, size):
     return small, ~holes, labels
 
 
+def _long_side(h: int, w: int, side: int):
+    """(H, W) scaled so the long side is `side`."""
+    scale = side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def _run_resized(model, rgb, valid, dtype, max_side, progress, labels=None) -> torch.Tensor:
     """The fill of `rgb` computed at a long side of `max_side` (if larger) and scaled back to its size."""
     h, w = rgb.shape[-2:]
-    scale = max_side / max(h, w)
-    if scale >= 1:
+    if max(h, w) <= max_side:
         return run_model(model, rgb, valid, dtype, progress, labels)
-    small = _resized(rgb, valid, labels, (max(1, round(h * scale)), max(1, round(w * scale))))
+    small = _resized(rgb, valid, labels, _long_side(h, w, max_side))
     fill = run_model(model, *small[:2], dtype, progress, small[2])
     return F.interpolate(fill[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp_(0, 1)
 
@@ -207,8 +213,7 @@ def segment(model, image, mask=None, precision: str = "auto", *, invert_mask: bo
     rgb = px.rgb()
     h, w = rgb.shape[-2:]
     if h * w > AUTO_FULL_MAX and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        rgb, valid, _ = _resized(rgb, valid, None, (max(1, round(h * scale)), max(1, round(w * scale))))
+        rgb, valid, _ = _resized(rgb, valid, None, _long_side(h, w, max_side))
     hs, ws = rgb.shape[-2:]
     image_t, mask_t, _ = _prepared(model, rgb, valid, None)
     device = image_t.device
