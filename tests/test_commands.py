@@ -114,7 +114,7 @@ def test_eval_compare_paper_sets_ours_beside_table1(trained, capsys):
     showface = next(line for line in out.splitlines() if line.split()[:1] == ["ShowFace"] and "Table" not in line)
     assert showface.split()[1:4] == ["0.470", "1.395", "3.068"]  # the paper's L1 (%) per bin, FFHQ
     ours = next(line for line in out.splitlines() if line.startswith("this checkpoint"))
-    assert ours.split()[6:9] == ["n/a"] * 3  # no FID yet
+    assert ours.split()[6:9] == ["n/a"] * 3  # FID is off without --inception-weights
 
 
 def test_table1_as_printed_in_the_paper():

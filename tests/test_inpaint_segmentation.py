@@ -118,3 +118,20 @@ def test_command_writes_the_map_and_takes_it_back(model, unpadded, tmp_path, cap
     capsys.readouterr()
     assert main(base + ["--out", str(tmp_path / "x.png"), "--save-segmentation", str(tmp_path / "seg.jpg")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_guidance_figure_script(tmp_path, capsys):
+    """bench/guidance_figure.py (the README's picture): a mouth painted into the map inside the hole changes the
+    fill, and only inside the hole."""
+    import importlib.util
+    from pathlib import Path
+
+    assert main(["train", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    spec = importlib.util.spec_from_file_location(
+        "guidance_figure", Path(__file__).resolve().parents[1] / "bench" / "guidance_figure.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = script.main(["--checkpoint", str(tmp_path / "run" / "last.ckpt"), "--out", str(tmp_path / "g.png")])
+    assert Image.open(out).size[0] > 6 * 64
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "(all in the hole: True)" in line and " 0 pixels of the fill changed" not in line

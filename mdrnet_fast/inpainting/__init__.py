@@ -7,11 +7,11 @@ pipeline.py runs it all; checkpoint.py loads a trained model.
 """
 from .checkpoint import load_model
 from .images import read_image, read_mask, save_image, to_pixels, valid_map
-from .pipeline import inpaint, run_model, segment
+from .pipeline import inpaint, run_batch, run_model, segment
 from .precision import PRECISIONS, cpu_has_native_bf16, resolve_precision
 from .segmentation import read_segmentation, save_segmentation
 from .strategies import STRATEGIES, hole_regions, plan
 
-__all__ = ["inpaint", "segment", "load_model", "run_model", "read_image", "read_mask", "save_image", "to_pixels",
+__all__ = ["inpaint", "segment", "load_model", "run_model", "run_batch", "read_image", "read_mask", "save_image", "to_pixels",
            "valid_map", "read_segmentation", "save_segmentation", "PRECISIONS", "STRATEGIES", "cpu_has_native_bf16",
            "resolve_precision", "hole_regions", "plan"]

@@ -56,29 +56,35 @@ def _stage_bar(model: torch.nn.Module, desc: str, enabled: bool):
 
 
 def _prepared(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, labels: Optional[torch.Tensor]):
-    """(image in [-1, 1], mask, labels or None), batched, on the model's device and in its layout, padded to its
-    size multiple."""
+    """(image in [-1, 1], mask, labels or None) of a batch (B,3,H,W), (B,H,W), (B,H,W), on the model's device and
+    in its layout, padded to its size multiple."""
     device = next(model.parameters()).device
     fmt = default_memory_format(device)
     multiple = getattr(model, "size_multiple", 1)
-    image = _pad(rgb[None].to(device) * 2 - 1, multiple).contiguous(memory_format=fmt)
-    mask = _pad(valid[None, None].to(device, torch.float32), multiple).contiguous(memory_format=fmt)
+    image = _pad(rgb.to(device) * 2 - 1, multiple).contiguous(memory_format=fmt)
+    mask = _pad(valid[:, None].to(device, torch.float32), multiple).contiguous(memory_format=fmt)
     if labels is not None:
-        labels = _pad(labels[None, None].to(device, torch.float32), multiple)[:, 0].long()
+        labels = _pad(labels[:, None].to(device, torch.float32), multiple)[:, 0].long()
     return image, mask, labels
 
 
-def run_model(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, dtype: Optional[torch.dtype],
+def run_batch(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, dtype: Optional[torch.dtype],
               progress: bool = False, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One pass at rgb's own size: rgb (3,H,W) in [0, 1], valid (H,W) bool, labels (H,W) int or None (the
-    parser's) -> the model's face (3,H,W) in [0, 1] (float32, on the CPU). Padded to the model's size multiple,
-    cropped back."""
+    """One pass over images of one size: rgb (B,3,H,W) in [0, 1], valid (B,H,W) bool, labels (B,H,W) int or None
+    (the parser's) -> the model's faces (B,3,H,W) in [0, 1] (float32, on the CPU). Padded to the model's size
+    multiple, cropped back; `progress` shows the model's stages for a large image."""
     h, w = rgb.shape[-2:]
     image, mask, labels = _prepared(model, rgb, valid, labels)
     big = progress and h * w >= 1 << 20
     with torch.inference_mode(), autocast(image.device, dtype), _stage_bar(model, f"{w}x{h}", big):
         refined = model(image, mask, segmentation=labels).refined
-    return ((refined[0, :, :h, :w].float() + 1) / 2).clamp_(0, 1).cpu()
+    return ((refined[:, :, :h, :w].float() + 1) / 2).clamp_(0, 1).cpu()
+
+
+def run_model(model: torch.nn.Module, rgb: torch.Tensor, valid: torch.Tensor, dtype: Optional[torch.dtype],
+              progress: bool = False, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """run_batch of one image: rgb (3,H,W), valid (H,W), labels (H,W) or None -> (3,H,W)."""
+    return run_batch(model, rgb[None], valid[None], dtype, progress, labels[None] if labels is not None else None)[0]
 
 
 def _resized(rgb, valid, labels, size):
@@ -215,7 +221,7 @@ def segment(model, image, mask=None, precision: str = "auto", *, invert_mask: bo
     if h * w > AUTO_FULL_MAX and max(h, w) > max_side:
         rgb, valid, _ = _resized(rgb, valid, None, _long_side(h, w, max_side))
     hs, ws = rgb.shape[-2:]
-    image_t, mask_t, _ = _prepared(model, rgb, valid, None)
+    image_t, mask_t, _ = _prepared(model, rgb[None], valid[None], None)
     device = image_t.device
     with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
         labels = model.segment(image_t, mask_t)[:, :hs, :ws]
