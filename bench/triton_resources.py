@@ -53,8 +53,8 @@ def patch_attention(dtype, d, bm, bn, warps, stages, prec=None):
     consts = dict(SCALE=0.125, P=2, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=bm, BLOCK_N=bn)
     rows = dict(qp_ptr=io, kp_ptr=io, vp_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
     kernels = {"fwd": (PA._fwd_kernel, dict(rows, mask_ptr=io, out_ptr=io)),
-               "dq": (PA._bwd_dq_kernel, dict(rows, dop_ptr=a, dsum_ptr=a, dq_ptr=io)),
-               "dkdv": (PA._bwd_dkdv_kernel, dict(rows, dop_ptr=a, dsum_ptr=a, dk_ptr=io, dv_ptr=io))}
+               "dq": (PA._bwd_dq_kernel, dict(rows, dop_ptr=io, dsum_ptr=a, dq_ptr=io)),
+               "dkdv": (PA._bwd_dkdv_kernel, dict(rows, dop_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io))}
     cells = []
     for name, (kernel, ptrs) in kernels.items():
         shared, regs, spills = resources(kernel, ptrs, consts, warps, stages)

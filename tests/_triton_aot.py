@@ -95,9 +95,11 @@ def variants(full):
                 pa = dict(SCALE=0.125, P=p, ACC=acc, PREC=prec, DK=d, DV=d, BLOCK_M=bm, BLOCK_N=bn)
                 maps = dict(qp_ptr=io, kp_ptr=io, vp_ptr=io, idx_ptr="i32", cnt_ptr="i32", lse_ptr=a)
                 yield PA._fwd_kernel, dict(maps, mask_ptr=io, out_ptr=io), pa, warps, stages
-                # dO' rows and D are packed in the accumulation dtype
-                yield (PA._bwd_dq_kernel, dict(maps, dop_ptr=a, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
-                yield (PA._bwd_dkdv_kernel, dict(maps, dop_ptr=a, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
+                # dO' rows are packed in the input dtype, D in the accumulation dtype
+                yield (PA._bwd_dq_kernel, dict(maps, dop_ptr=io, dsum_ptr=a, dq_ptr=io), pa, warps, stages)
+                yield (PA._bwd_dkdv_kernel, dict(maps, dop_ptr=io, dsum_ptr=a, dk_ptr=io, dv_ptr=io), pa, warps, stages)
+                yield (PA._dsum_kernel, dict(go_ptr=io, o_ptr=io, dsum_ptr=a),
+                       dict(P=p, ACC=acc, DV=d, BLOCK_M=max(1, 4096 // d)), 4)
         # partial conv: on GPU bf16/fp16 feed tl.dot in their own dtype (LOWP), fp32/fp64 in theirs
         lowp = io in ("bf16", "fp16")
         cprec = {"fp64": "ieee", "fp32": "tf32x3"}.get(io, "tf32")  # partial_conv._dot_precision

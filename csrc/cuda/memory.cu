@@ -2,8 +2,10 @@
 //   memory_read_forward(q (B,n,C), mem (n,m,C), tau)        -> {q_hat (B,n,C) q's dtype, attn (B,n,m) fp32|fp64}
 //   memory_read_backward(grad, q, mem, attn, tau)           -> grad_q (B,n,C) q's dtype
 //   memory_update_(mem, q, v, present, alpha)  (in place)   -> slots (B,n) int64, -1 where absent
-// Accumulation is fp32 (fp64 for fp64); the read converts mem to q's accumulation dtype first, the update
-// converts q and v to mem's, exactly as the CPU kernels do.
+// Accumulation is fp32 (fp64 for fp64), with the values the CPU kernels use: the read takes mem in q's
+// accumulation dtype, the update q and v in mem's. Tensors are read in their own dtype and converted in
+// registers (exact) where mem has q's dtype (16-bit end to end) or already the accumulation dtype; only a
+// mixed pair (e.g. fp32 q with a bf16 mem) converts the other operand once on the host.
 //
 // Read: one block (kThreads) per query row (b, i). The block sums |q|^2; then warp w takes slots
 // j = w, w + 8, ..., its lanes striding over C, and reduces <q, mem_j> and |mem_j|^2 with a xor butterfly
@@ -90,9 +92,9 @@ __device__ __forceinline__ T block_max(T v, T* red) {
 }
 
 // attn[row, :] = softmax_j(cos(q[row], mem[i, j]) / tau), q_hat[row, :] = sum_j attn_j mem[i, j]; row = b n + i.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename mem_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-read_forward_kernel(const scalar_t* __restrict__ q, const acc_t* __restrict__ mem, int64_t n, int64_t m,
+read_forward_kernel(const scalar_t* __restrict__ q, const mem_t* __restrict__ mem, int64_t n, int64_t m,
                     int64_t C, acc_t tau, scalar_t* __restrict__ out, acc_t* __restrict__ attn) {
   __shared__ acc_t red[32];
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -101,7 +103,7 @@ read_forward_kernel(const scalar_t* __restrict__ q, const acc_t* __restrict__ me
   const int64_t row = blockIdx.x;
   const int64_t i = row % n;
   const scalar_t* qr = q + row * C;
-  const acc_t* mi = mem + i * m * C;
+  const mem_t* mi = mem + i * m * C;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
 
   acc_t s = acc_t(0);
@@ -112,10 +114,10 @@ read_forward_kernel(const scalar_t* __restrict__ q, const acc_t* __restrict__ me
   const acc_t nq = dmax(dsqrt(block_sum(s, red)), eps);
 
   for (int64_t j = warp; j < m; j += nwarps) {
-    const acc_t* mj = mi + j * C;
+    const mem_t* mj = mi + j * C;
     acc_t d = acc_t(0), nn = acc_t(0);
     for (int64_t c = lane; c < C; c += 32) {
-      const acc_t x = mj[c];
+      const acc_t x = static_cast<acc_t>(mj[c]);
       d += static_cast<acc_t>(qr[c]) * x;
       nn += x * x;
     }
@@ -145,17 +147,17 @@ read_forward_kernel(const scalar_t* __restrict__ q, const acc_t* __restrict__ me
 
   for (int64_t c = tid; c < C; c += blockDim.x) {
     acc_t y = acc_t(0);
-    for (int64_t j = 0; j < m; ++j) y += s_a[j] * mi[j * C + c];
+    for (int64_t j = 0; j < m; ++j) y += s_a[j] * static_cast<acc_t>(mi[j * C + c]);
     out[row * C + c] = static_cast<scalar_t>(y);
   }
 }
 
 // grad_q[row] = (gqn - [|q| > eps] <q, gqn> q / |q|^2) / max(|q|, eps), with
 // gqn = sum_j w_j mem_j, w_j = a_j (<grad, mem_j> - sum_k a_k <grad, mem_k>) / tau / max(|mem_j|, eps).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename mem_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 read_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
-                     const acc_t* __restrict__ mem, const acc_t* __restrict__ attn, int64_t n, int64_t m,
+                     const mem_t* __restrict__ mem, const acc_t* __restrict__ attn, int64_t n, int64_t m,
                      int64_t C, acc_t tau, scalar_t* __restrict__ gq) {
   __shared__ acc_t red[32];
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -167,7 +169,7 @@ read_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restri
   const int64_t i = row % n;
   const scalar_t* qr = q + row * C;
   const scalar_t* gr = grad + row * C;
-  const acc_t* mi = mem + i * m * C;
+  const mem_t* mi = mem + i * m * C;
   const acc_t* ar = attn + row * m;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
 
@@ -181,10 +183,10 @@ read_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restri
   const acc_t safe = big ? norm : eps;
 
   for (int64_t j = warp; j < m; j += nwarps) {
-    const acc_t* mj = mi + j * C;
+    const mem_t* mj = mi + j * C;
     acc_t g = acc_t(0), d = acc_t(0), nn = acc_t(0);
     for (int64_t c = lane; c < C; c += 32) {
-      const acc_t x = mj[c];
+      const acc_t x = static_cast<acc_t>(mj[c]);
       g += static_cast<acc_t>(gr[c]) * x;
       d += static_cast<acc_t>(qr[c]) * x;
       nn += x * x;
@@ -214,15 +216,15 @@ read_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restri
 
   for (int64_t c = tid; c < C; c += blockDim.x) {
     acc_t y = acc_t(0);
-    for (int64_t j = 0; j < m; ++j) y += s_g[j] * mi[j * C + c];
+    for (int64_t j = 0; j < m; ++j) y += s_g[j] * static_cast<acc_t>(mi[j * C + c]);
     gq[row * C + c] = static_cast<scalar_t>((y - radial * static_cast<acc_t>(qr[c])) / safe);
   }
 }
 
 // slots[row] = argmax_j cos(q[row], mem[i, j]) (first maximum; a NaN counts as the maximum), -1 if absent.
-template <typename mem_t, typename acc_t>
+template <typename mem_t, typename in_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-update_argmax_kernel(const mem_t* __restrict__ mem, const acc_t* __restrict__ q, const bool* __restrict__ present,
+update_argmax_kernel(const mem_t* __restrict__ mem, const in_t* __restrict__ q, const bool* __restrict__ present,
                      int64_t n, int64_t m, int64_t C, int64_t* __restrict__ slots) {
   __shared__ acc_t red[32];
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -230,12 +232,15 @@ update_argmax_kernel(const mem_t* __restrict__ mem, const acc_t* __restrict__ q,
   const acc_t eps = static_cast<acc_t>(kEps);
   const int64_t row = blockIdx.x;
   const int64_t i = row % n;
-  const acc_t* qr = q + row * C;
+  const in_t* qr = q + row * C;
   const mem_t* mi = mem + i * m * C;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
 
   acc_t s = acc_t(0);
-  for (int64_t c = tid; c < C; c += blockDim.x) s += qr[c] * qr[c];
+  for (int64_t c = tid; c < C; c += blockDim.x) {
+    const acc_t x = static_cast<acc_t>(qr[c]);
+    s += x * x;
+  }
   const acc_t dq = dmax(dsqrt(block_sum(s, red)), eps);
 
   for (int64_t j = warp; j < m; j += nwarps) {
@@ -247,7 +252,7 @@ update_argmax_kernel(const mem_t* __restrict__ mem, const acc_t* __restrict__ q,
     }
     const acc_t dm = dmax(dsqrt(warp_sum(nn)), eps);
     acc_t d = acc_t(0);
-    for (int64_t c = lane; c < C; c += 32) d += (qr[c] / dq) * (static_cast<acc_t>(mj[c]) / dm);
+    for (int64_t c = lane; c < C; c += 32) d += (static_cast<acc_t>(qr[c]) / dq) * (static_cast<acc_t>(mj[c]) / dm);
     d = warp_sum(d);
     if (lane == 0) s_cos[j] = d;
   }
@@ -269,8 +274,8 @@ update_argmax_kernel(const mem_t* __restrict__ mem, const acc_t* __restrict__ q,
 }
 
 // mem[i, j, c] = alpha mem[i, j, c] + (1 - alpha) mean_{b: slots[b, i] = j} v[b, i, c] for every chosen j.
-template <typename mem_t, typename acc_t>
-__global__ void update_apply_kernel(mem_t* __restrict__ mem, const acc_t* __restrict__ v,
+template <typename mem_t, typename in_t, typename acc_t>
+__global__ void update_apply_kernel(mem_t* __restrict__ mem, const in_t* __restrict__ v,
                                     const int64_t* __restrict__ slots, int64_t B, int64_t n, int64_t m, int64_t C,
                                     acc_t a_old, acc_t a_new) {
   const int64_t i = blockIdx.x;
@@ -287,11 +292,11 @@ __global__ void update_apply_kernel(mem_t* __restrict__ mem, const acc_t* __rest
       }
     }
     if (!first) continue;
-    acc_t tot = v[(b * n + i) * C + c];
+    acc_t tot = static_cast<acc_t>(v[(b * n + i) * C + c]);
     int64_t cnt = 1;
     for (int64_t b2 = b + 1; b2 < B; ++b2) {
       if (slots[b2 * n + i] != j) continue;
-      tot += v[(b2 * n + i) * C + c];
+      tot += static_cast<acc_t>(v[(b2 * n + i) * C + c]);
       ++cnt;
     }
     mem_t* y = mem + (i * m + j) * C + c;
@@ -337,7 +342,8 @@ std::vector<at::Tensor> memory_read_forward(const at::Tensor& q_in, const at::Te
   c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous();
   const auto acc = acc_dtype(q.scalar_type());
-  const at::Tensor mem = mem_in.to(acc).contiguous();
+  const bool mem_native = mem_in.scalar_type() == q.scalar_type();  // else read in acc (converted if need be)
+  const at::Tensor mem = (mem_native ? mem_in : mem_in.to(acc)).contiguous();
   const int64_t B = q.size(0), n = q.size(1), C = q.size(2), m = mem.size(1);
   at::Tensor q_hat = at::empty(q.sizes(), q.options());
   at::Tensor attn = at::empty({B, n, m}, q.options().dtype(acc));
@@ -346,12 +352,17 @@ std::vector<at::Tensor> memory_read_forward(const at::Tensor& q_in, const at::Te
   MDR_DISPATCH_FLOATS(q.scalar_type(), "memory_read_forward_cuda", [&] {
     using acc_type = typename Acc<scalar_t>::type;
     const size_t smem = static_cast<size_t>(padded_slots(m)) * sizeof(acc_type);
-    auto kernel = read_forward_kernel<scalar_t, acc_type>;
-    ensure_smem(kernel, smem, m, "memory_read");
-    kernel<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
-        q.const_data_ptr<scalar_t>(), mem.const_data_ptr<acc_type>(), n, m, C, static_cast<acc_type>(tau),
-        q_hat.mutable_data_ptr<scalar_t>(), attn.mutable_data_ptr<acc_type>());
-    MDR_LAUNCH_CHECK();
+    auto launch = [&](auto kernel, const auto* mem_ptr) {
+      ensure_smem(kernel, smem, m, "memory_read");
+      kernel<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
+          q.const_data_ptr<scalar_t>(), mem_ptr, n, m, C, static_cast<acc_type>(tau),
+          q_hat.mutable_data_ptr<scalar_t>(), attn.mutable_data_ptr<acc_type>());
+      MDR_LAUNCH_CHECK();
+    };
+    if (mem_native)
+      launch(read_forward_kernel<scalar_t, scalar_t, acc_type>, mem.const_data_ptr<scalar_t>());
+    else
+      launch(read_forward_kernel<scalar_t, acc_type, acc_type>, mem.const_data_ptr<acc_type>());
   });
   return {q_hat, attn};
 }
@@ -375,7 +386,8 @@ at::Tensor memory_read_backward(const at::Tensor& grad_in, const at::Tensor& q_i
 
   c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor grad = grad_in.contiguous(), q = q_in.contiguous(), attn = attn_in.contiguous();
-  const at::Tensor mem = mem_in.to(acc).contiguous();
+  const bool mem_native = mem_in.scalar_type() == q.scalar_type();  // else read in acc (converted if need be)
+  const at::Tensor mem = (mem_native ? mem_in : mem_in.to(acc)).contiguous();
   const int64_t B = q.size(0), n = q.size(1), C = q.size(2), m = mem.size(1);
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   if (B * n == 0) return grad_q;
@@ -383,12 +395,17 @@ at::Tensor memory_read_backward(const at::Tensor& grad_in, const at::Tensor& q_i
   MDR_DISPATCH_FLOATS(q.scalar_type(), "memory_read_backward_cuda", [&] {
     using acc_type = typename Acc<scalar_t>::type;
     const size_t smem = 3 * static_cast<size_t>(padded_slots(m)) * sizeof(acc_type);
-    auto kernel = read_backward_kernel<scalar_t, acc_type>;
-    ensure_smem(kernel, smem, m, "memory_read_backward");
-    kernel<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
-        grad.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), mem.const_data_ptr<acc_type>(),
-        attn.const_data_ptr<acc_type>(), n, m, C, static_cast<acc_type>(tau), grad_q.mutable_data_ptr<scalar_t>());
-    MDR_LAUNCH_CHECK();
+    auto launch = [&](auto kernel, const auto* mem_ptr) {
+      ensure_smem(kernel, smem, m, "memory_read_backward");
+      kernel<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
+          grad.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), mem_ptr, attn.const_data_ptr<acc_type>(),
+          n, m, C, static_cast<acc_type>(tau), grad_q.mutable_data_ptr<scalar_t>());
+      MDR_LAUNCH_CHECK();
+    };
+    if (mem_native)
+      launch(read_backward_kernel<scalar_t, scalar_t, acc_type>, mem.const_data_ptr<scalar_t>());
+    else
+      launch(read_backward_kernel<scalar_t, acc_type, acc_type>, mem.const_data_ptr<acc_type>());
   });
   return grad_q;
 }
@@ -409,9 +426,11 @@ at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q_in, const at::Ten
   TORCH_CHECK(alpha >= 0.0 && alpha <= 1.0, "alpha must lie in [0, 1], got ", alpha);
 
   c10::cuda::CUDAGuard guard(mem.device());
-  // The reference takes cosines and means in mem's accumulation dtype: q and v are converted once.
+  // The reference takes cosines and means in mem's accumulation dtype: q and v are read in mem's dtype (and
+  // converted in registers) when they have it, else converted to the accumulation dtype once.
   const auto acc = acc_dtype(mem.scalar_type());
-  const at::Tensor q = q_in.to(acc).contiguous(), v = v_in.to(acc).contiguous();
+  const bool native = q_in.scalar_type() == mem.scalar_type() && v_in.scalar_type() == mem.scalar_type();
+  const at::Tensor q = (native ? q_in : q_in.to(acc)).contiguous(), v = (native ? v_in : v_in.to(acc)).contiguous();
   const at::Tensor present = present_in.contiguous();
   const int64_t B = q.size(0), n = q.size(1), C = q.size(2), m = mem.size(1);
   at::Tensor slots = at::empty({B, n}, q.options().dtype(at::kLong));
@@ -422,20 +441,27 @@ at::Tensor memory_update_(at::Tensor& mem, const at::Tensor& q_in, const at::Ten
   MDR_DISPATCH_FLOATS(mem.scalar_type(), "memory_update_cuda", [&] {
     using acc_type = typename Acc<scalar_t>::type;
     const size_t smem = static_cast<size_t>(padded_slots(m)) * sizeof(acc_type);
-    auto argmax = update_argmax_kernel<scalar_t, acc_type>;
-    ensure_smem(argmax, smem, m, "memory_update_");
-    argmax<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
-        mem.const_data_ptr<scalar_t>(), q.const_data_ptr<acc_type>(), present.const_data_ptr<bool>(), n, m, C,
-        slots.mutable_data_ptr<int64_t>());
-    MDR_LAUNCH_CHECK();
-    if (cblocks > 0) {
-      // As torch evaluates alpha * mem + (1 - alpha) * mean: both Python-float factors rounded to acc.
-      const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(cblocks));
-      update_apply_kernel<scalar_t, acc_type><<<grid, kThreads, 0, stream>>>(
-          mem.mutable_data_ptr<scalar_t>(), v.const_data_ptr<acc_type>(), slots.const_data_ptr<int64_t>(), B, n, m,
-          C, static_cast<acc_type>(alpha), static_cast<acc_type>(1.0 - alpha));
+    auto launch = [&](auto argmax, auto apply, const auto* q_ptr, const auto* v_ptr) {
+      ensure_smem(argmax, smem, m, "memory_update_");
+      argmax<<<static_cast<unsigned>(B * n), kThreads, smem, stream>>>(
+          mem.const_data_ptr<scalar_t>(), q_ptr, present.const_data_ptr<bool>(), n, m, C,
+          slots.mutable_data_ptr<int64_t>());
       MDR_LAUNCH_CHECK();
-    }
+      if (cblocks > 0) {
+        // As torch evaluates alpha * mem + (1 - alpha) * mean: both Python-float factors rounded to acc.
+        const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(cblocks));
+        apply<<<grid, kThreads, 0, stream>>>(mem.mutable_data_ptr<scalar_t>(), v_ptr, slots.const_data_ptr<int64_t>(),
+                                             B, n, m, C, static_cast<acc_type>(alpha),
+                                             static_cast<acc_type>(1.0 - alpha));
+        MDR_LAUNCH_CHECK();
+      }
+    };
+    if (native)
+      launch(update_argmax_kernel<scalar_t, scalar_t, acc_type>, update_apply_kernel<scalar_t, scalar_t, acc_type>,
+             q.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>());
+    else
+      launch(update_argmax_kernel<scalar_t, acc_type, acc_type>, update_apply_kernel<scalar_t, acc_type, acc_type>,
+             q.const_data_ptr<acc_type>(), v.const_data_ptr<acc_type>());
   });
   return slots;
 }

@@ -19,9 +19,10 @@ def partial_conv2d(x, mask, weight, bias=None, stride=1, padding=0, dilation=1, 
         ones = mask.new_ones(1, c_in if multi_channel else 1, kh, kw)
         msum = F.conv2d(mask, ones, None, stride, padding, dilation)
         winsize = kh * kw * (c_in if multi_channel else 1)
-        ratio = winsize / (msum + MASK_EPS)
         new_mask = torch.clamp(msum, 0, 1)
-        ratio = ratio * new_mask
+        # at least fp32: in fp16 MASK_EPS underflows to 0, and an empty window would give inf * 0 = NaN
+        wide = msum.to(torch.promote_types(msum.dtype, torch.float32))
+        ratio = (winsize / (wide + MASK_EPS) * torch.clamp(wide, 0, 1)).to(msum.dtype)
         if multi_channel:
             new_mask = new_mask.expand(-1, weight.shape[0], -1, -1).contiguous()
     raw = F.conv2d(x * mask, weight, None, stride, padding, dilation, groups)

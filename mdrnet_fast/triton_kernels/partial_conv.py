@@ -31,8 +31,8 @@ Backward (grad_raw = grad_out * grad_scale is formed as the tiles are loaded, ne
 Precision: fp32 accumulation (fp64 for fp64 inputs, gradcheck). fp32 tiles go to tl.dot as tf32x3 on GPU
 (one tf32 pass gave 1.2e-3 at a training size on an H100, over SPEC's 5e-4), exact fp32 in the interpreter. On GPU
 bf16/fp16 tiles are fed to tl.dot in their own dtype (tensor cores, fp32 accumulate; x*mask is then rounded
-to bf16 as the reference's x*mask is); under the interpreter, which cannot do bf16 arithmetic, everything is
-converted to fp32 first. fp64 uses tl.dot in fp64.
+to bf16 as the reference's x*mask is); under the interpreter, which cannot do bf16 arithmetic, bf16 tiles are
+converted to fp32 first (fp16 takes the 16-bit path there too). fp64 uses tl.dot in fp64.
 
 Gated partial conv (`gated_forward`, SPEC §2 with a mask, groups == 1): the same forward kernel with GATED
 set accumulates the feature channel co and the gate channel co + C_out from one A tile, stores both partial-
@@ -391,8 +391,10 @@ def _dot_precision(dtype):
 
 
 def _lowp(dtype):
-    """Feed bf16/fp16 tiles to tl.dot in their own dtype on GPU; the interpreter computes them in fp32."""
-    return dtype in (torch.bfloat16, torch.float16) and not triton_interpreter()
+    """Feed bf16/fp16 tiles to tl.dot in their own dtype (fp32 accumulation). The interpreter has no bf16
+    arithmetic (numpy has no bf16): there bf16 tiles are converted to fp32 first, while fp16 runs the GPU's
+    16-bit path, which is how CPU tests check it."""
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and not triton_interpreter())
 
 
 def _geometry(x, weight, stride, padding, dilation):

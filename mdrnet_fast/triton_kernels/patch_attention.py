@@ -27,13 +27,22 @@ Backward (flash-attention-2, recomputing P = exp(SCALE q.k - lse) from the saved
 (the gradient reaching the unmasked output O = P V) and D_i = sum_j P_ij dP_ij = <dO'_i, O_i>, dP = dO' V^T:
     dV = P^T dO',   dS = P * (dP - D) * SCALE,   dQ = dS K,   dK = dS^T Q.
 D comes from the forward's saved output: out = O * (1 - mask), so D_i = sum of dO * out over the query
-patch's pixels: the host takes it with the packing (one pass over dO and out). The dQ kernel (per query
+patch's pixels: `_dsum_kernel` reads dO and out once from the maps, in their dtype. The dQ kernel (per query
 block) sweeps the keys once for dQ; the dK/dV kernel (per key block) loops over the active query blocks. Every
 output pixel has exactly one writer (patches do not overlap): plain stores, no atomics, and a fixed
 summation order.
 
 Memory: the packed rows (the size of theta, phi, g, and of grad_out in the backward) and O(B * N) for lse, D
 and the active-query list, besides the inputs and gradients.
+
+Precision: accumulation in fp32 (fp64 for fp64). 16-bit inputs stay 16-bit end to end: packed in their dtype
+(dO' too: grad_out * (1 - mask) rounded once, as a 16-bit autograd takes it), fed to tl.dot as they are
+(tensor cores, fp32 accumulation: "LOWP", read from the packs' dtype), with the probabilities and dS rounded
+to that dtype for the P V, P^T dO', dS K and dS^T Q products, as flash-attention does; scores, the softmax
+statistics, D and every accumulator stay fp32. Compared with converting the tiles to fp32 first (tf32 dots)
+this halves the staged tiles' shared memory (offline sm_90 compile at d = 128, 64 x 64 tiles: fwd / dq / dkdv
+96 / 160 / 128 KiB before, 48 / 64 / 48 KiB now). The interpreter has no bf16 arithmetic: there bf16 rows are
+packed in fp32 and take the fp32 path (fp16, which numpy has, runs the LOWP path and is what CPU tests check).
 Scalars that must be exact in fp64 (SCALE) are constexpr: Triton passes runtime floats as fp32.
 """
 import torch
@@ -65,11 +74,12 @@ def _patch_offsets(idx, valid, C, H, W, NPW, P: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, b, rows, valid, N, DR, D: tl.constexpr, ACC: tl.constexpr):
-    """Rows `rows` of batch b of a packed (B, N, DR) patch matrix as a [len(rows), D] tile (columns >= DR zero)."""
+def _load_rows(ptr, b, rows, valid, N, DR, D: tl.constexpr, DT: tl.constexpr):
+    """Rows `rows` of batch b of a packed (B, N, DR) patch matrix as a [len(rows), D] tile of dtype DT (columns
+    >= DR zero): the dots' operand dtype, 16-bit as stored for 16-bit inputs (converted in registers only)."""
     e = tl.arange(0, D)
     offs = (b * N + rows.to(tl.int64))[:, None] * DR + e[None, :]
-    return tl.load(ptr + offs, mask=valid[:, None] & (e < DR)[None, :], other=0.0).to(ACC)
+    return tl.load(ptr + offs, mask=valid[:, None] & (e < DR)[None, :], other=0.0).to(DT)
 
 
 @triton.jit
@@ -84,14 +94,17 @@ def _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M: tl.constexpr):
 def _fwd_kernel(qp_ptr, kp_ptr, vp_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse_ptr, Ck, Cv, H, W, NPW, N,
                 SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """qp, kp, vp: packed patch rows (B, N, C p^2) of theta, phi, g."""
+    """qp, kp, vp: packed patch rows (B, N, C p^2) of theta, phi, g. 16-bit packs (LOWP) feed the dots in their
+    own dtype (fp32 accumulation); the probabilities are rounded to it for P V, as flash-attention does."""
+    LOWP: tl.constexpr = qp_ptr.dtype.element_ty.primitive_bitwidth == 16
+    DT: tl.constexpr = qp_ptr.dtype.element_ty if LOWP else ACC
     b = tl.program_id(1).to(tl.int64)
     m0 = tl.program_id(0) * BLOCK_M
     hw = H * W
     dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
     qidx, rvalid = _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M)
-    q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
+    q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, DT)
     m_i = tl.full([BLOCK_M], -float("inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
     acc = tl.zeros([BLOCK_M, DV], ACC)
@@ -99,15 +112,15 @@ def _fwd_kernel(qp_ptr, kp_ptr, vp_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse
     for n0 in range(0, kv_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cvalid = cols < N
-        k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, ACC)
-        v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, ACC)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, DT)
+        v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, DT)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * SCALE
         s = tl.where(cvalid[None, :], s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))     # finite: column n0 is a real key
         alpha = tl.exp(m_i - m_new)                     # 0 on the first key block (m_i = -inf)
         pr = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(pr, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(pr, v, input_precision=PREC)
+        acc = acc * alpha[:, None] + tl.dot(pr.to(DT), v, input_precision=PREC, out_dtype=ACC)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     tl.store(lse_ptr + b * N + qidx, m_i + tl.log(l_safe), mask=rvalid)
@@ -118,34 +131,52 @@ def _fwd_kernel(qp_ptr, kp_ptr, vp_ptr, mask_ptr, idx_ptr, cnt_ptr, out_ptr, lse
 
 
 @triton.jit
+def _dsum_kernel(go_ptr, o_ptr, dsum_ptr, Cv, H, W, NPW, N,
+                 P: tl.constexpr, ACC: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dsum[b, i] = D_i = <dO'_i, O_i> = sum of grad_out * out over patch i's pixels (out = O (1 - mask)), read
+    straight from the (B, Cv, H, W) maps in their dtype, products and sum in ACC."""
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    valid = rows < N
+    oc, opix, om = _patch_offsets(rows, valid, Cv, H, W, NPW, P, DV)
+    offs = b * Cv * H * W + oc[None, :] + opix
+    go = tl.load(go_ptr + offs, mask=om, other=0.0).to(ACC)
+    o = tl.load(o_ptr + offs, mask=om, other=0.0).to(ACC)
+    tl.store(dsum_ptr + b * N + rows, tl.sum(go * o, axis=1), mask=valid)
+
+
+@triton.jit
 def _bwd_dq_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr, dsum_ptr, dq_ptr,
                    Ck, Cv, H, W, NPW, N,
                    SCALE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per block of active queries: dQ_i = sum_j dS_ij K_j, stored into d_theta. qp, kp, vp, dop: packed rows
-    of theta, phi, g and dO' = grad_out * (1 - mask); dsum (B, N): D_i per query patch."""
+    of theta, phi, g and dO' = grad_out * (1 - mask); dsum (B, N): D_i per query patch. LOWP: the dots take
+    16-bit operands (dS rounded to it), fp32 accumulation."""
+    LOWP: tl.constexpr = qp_ptr.dtype.element_ty.primitive_bitwidth == 16
+    DT: tl.constexpr = qp_ptr.dtype.element_ty if LOWP else ACC
     b = tl.program_id(1).to(tl.int64)
     m0 = tl.program_id(0) * BLOCK_M
     hw = H * W
     dkr, dvr = Ck * P * P, Cv * P * P
     cnt = tl.load(cnt_ptr + b)
     qidx, rvalid = _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M)
-    q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
-    do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, ACC)
+    q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, DT)
+    do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, DT)
     lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
-    dsum = tl.load(dsum_ptr + b * N + qidx, mask=rvalid, other=0.0)
+    dsum = tl.load(dsum_ptr + b * N + qidx, mask=rvalid, other=0.0).to(ACC)
     kv_end = tl.where(m0 < cnt, N, 0)
     dq = tl.zeros([BLOCK_M, DK], ACC)
     for n0 in range(0, kv_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cvalid = cols < N
-        k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, ACC)
-        v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, ACC)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, DT)
+        v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, DT)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * SCALE
         pr = tl.where(cvalid[None, :], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
         ds = pr * (dp - dsum[:, None]) * SCALE
-        dq += tl.dot(ds, k, input_precision=PREC)
+        dq += tl.dot(ds.to(DT), k, input_precision=PREC, out_dtype=ACC)
     qc, qpix, qm = _patch_offsets(qidx, rvalid, Ck, H, W, NPW, P, DK)
     tl.store(dq_ptr + b * Ck * hw + qc[None, :] + qpix, dq.to(dq_ptr.dtype.element_ty), mask=qm)
 
@@ -157,7 +188,9 @@ def _bwd_dkdv_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr,
                      DK: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per block of key patches (all of them): dV_j = sum_i P_ij dO'_i, dK_j = sum_i dS_ij Q_i over the active
     queries; every key pixel is written (zeros where no query is active). qp, kp, vp, dop: packed rows of
-    theta, phi, g and dO' = grad_out * (1 - mask)."""
+    theta, phi, g and dO' = grad_out * (1 - mask). LOWP: 16-bit dot operands (P and dS rounded to it)."""
+    LOWP: tl.constexpr = qp_ptr.dtype.element_ty.primitive_bitwidth == 16
+    DT: tl.constexpr = qp_ptr.dtype.element_ty if LOWP else ACC
     b = tl.program_id(1).to(tl.int64)
     n0 = tl.program_id(0) * BLOCK_N
     hw = H * W
@@ -165,22 +198,22 @@ def _bwd_dkdv_kernel(qp_ptr, kp_ptr, vp_ptr, dop_ptr, idx_ptr, cnt_ptr, lse_ptr,
     cnt = tl.load(cnt_ptr + b)
     cols = n0 + tl.arange(0, BLOCK_N)
     cvalid = cols < N
-    k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, ACC)
-    v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, ACC)
+    k = _load_rows(kp_ptr, b, cols, cvalid, N, dkr, DK, DT)
+    v = _load_rows(vp_ptr, b, cols, cvalid, N, dvr, DV, DT)
     dk = tl.zeros([BLOCK_N, DK], ACC)
     dv = tl.zeros([BLOCK_N, DV], ACC)
     for m0 in range(0, cnt, BLOCK_M):
         qidx, rvalid = _active_queries(idx_ptr, b, m0, cnt, N, BLOCK_M)
-        q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, ACC)
-        do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, ACC)
+        q = _load_rows(qp_ptr, b, qidx, rvalid, N, dkr, DK, DT)
+        do = _load_rows(dop_ptr, b, qidx, rvalid, N, dvr, DV, DT)
         lse = tl.load(lse_ptr + b * N + qidx, mask=rvalid, other=float("inf")).to(ACC)
-        dsum = tl.load(dsum_ptr + b * N + qidx, mask=rvalid, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * SCALE
+        dsum = tl.load(dsum_ptr + b * N + qidx, mask=rvalid, other=0.0).to(ACC)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * SCALE
         pr = tl.where(rvalid[:, None], tl.exp(s - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(pr), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        dv += tl.dot(tl.trans(pr.to(DT)), do, input_precision=PREC, out_dtype=ACC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
         ds = pr * (dp - dsum[:, None]) * SCALE
-        dk += tl.dot(tl.trans(ds), q, input_precision=PREC)
+        dk += tl.dot(tl.trans(ds.to(DT)), q, input_precision=PREC, out_dtype=ACC)
     kc, kpix, km = _patch_offsets(cols, cvalid, Ck, H, W, NPW, P, DK)
     tl.store(dk_ptr + b * Ck * hw + kc[None, :] + kpix, dk.to(dk_ptr.dtype.element_ty), mask=km)
     vc, vpix, vm = _patch_offsets(cols, cvalid, Cv, H, W, NPW, P, DV)
@@ -204,7 +237,8 @@ def _config(dk, dv, dtype):
     d > 256 (16 x 16, 8 warps, 1 stage): at fp32 the 3-pass tf32 dots made ptxas give up on the backward (32
     registers, then 9.9 / 14.3 KB of spill stores in dq / dkdv, and 2.3 KB in fwd), so fp32 takes the ieee (FMA)
     dot there, which spills nothing (fwd / dq / dkdv: 156 / 152 / 162 registers, 0 B); 16-bit inputs spill 0 B
-    with 1 stage (0.5 KB in dkdv with 2)."""
+    with 1 stage (0.5 KB in dkdv with 2). The 16-bit figures date from when 16-bit tiles were converted to fp32
+    before the dots; now that they go in as they are (half the shared memory), their configs are untuned."""
     if triton_interpreter():
         return 16, 16, 1, 1, "ieee"
     widest = max(dk, dv)
@@ -217,8 +251,8 @@ def _config(dk, dv, dtype):
     else:
         block, warps, stages = (32, 8, 2) if widest <= 256 else (16, 8, 1)
     # fp32 inputs: 3-pass tf32 (about fp32 accuracy; plain tf32 truncation would eat most of the 5e-4 budget),
-    # or the exact ieee dot where tf32x3 spills (d > 256); bf16/fp16 inputs carry 8/11 bits, exact or
-    # near-exact in tf32; fp64 has only the ieee path
+    # or the exact ieee dot where tf32x3 spills (d > 256); bf16/fp16 inputs go to the dots in their own dtype
+    # (the dot precision does not apply to them); fp64 has only the ieee path
     if dtype == torch.float32:
         prec = "tf32x3" if widest <= 256 else "ieee"
     else:
@@ -248,8 +282,13 @@ def _active(mask, p, nph, npw, acc):
 
 
 def _pack(x, p):
-    """(B, C, H, W) -> the (B, N, C p^2) contiguous patch rows of the zero-padded map, in x's dtype."""
-    return to_patches(pad_to_multiple(x, p), p).contiguous()
+    """(B, C, H, W) -> the (B, N, C p^2) contiguous patch rows of the zero-padded map, in x's dtype (the dots'
+    operand dtype: 16-bit packs make the kernels' LOWP path). The interpreter cannot compute with bf16 (numpy has
+    no bf16): there bf16 rows are packed in fp32, exactly, and take the fp32 path."""
+    rows = to_patches(pad_to_multiple(x, p), p)
+    if rows.dtype == torch.bfloat16 and triton_interpreter():
+        rows = rows.float()
+    return rows.contiguous()
 
 
 def _zeros(shape, dtype, device):
@@ -304,9 +343,15 @@ def backward(grad_out, theta, phi, g, mask, out, lse, patch_size, scale):
     common = dict(SCALE=float(scale), P=p, ACC=acc_tl(theta.dtype), PREC=prec, DK=dk, DV=dv, BLOCK_M=bm,
                   BLOCK_N=bn, num_warps=warps, num_stages=stages)
     qp, kp, vp = _pack(theta, p), _pack(phi, p), _pack(g, p)
-    go = grad_out.to(acc)
-    dop = _pack(go * (1 - mask.to(acc)), p)  # dO' = dO (1 - mask), what reaches O = P V; in ACC
-    dsum = _pack(go * out.to(acc), p).sum(-1)  # D_i = <dO', O_i> = <dO, out> over patch i's pixels
+    # dO' = dO (1 - mask), what reaches O = P V, packed in the inputs' dtype (one rounding of the product, as a
+    # 16-bit reference takes it; no fp32 copy of grad_out)
+    dop = _pack(grad_out * (1 - mask.to(grad_out.dtype)), p)
+    # D_i = <dO', O_i> = <dO, out> over patch i's pixels, from the 16-bit maps with ACC products and sums
+    dsum = torch.empty((bsz, n), dtype=acc, device=theta.device)
+    block_d = pow2(n, 1, 64) if triton_interpreter() else pow2(4096 // dv, 1, 64)
+    _dsum_kernel[(triton.cdiv(n, block_d), bsz)](
+        grad_out.contiguous(), out.contiguous(), dsum, cv, h, w, npw, n, P=p, ACC=acc_tl(theta.dtype), DV=dv,
+        BLOCK_M=block_d, num_warps=4)
     _bwd_dq_kernel[(triton.cdiv(n, bm), bsz)](
         qp, kp, vp, dop, idx, cnt, lse, dsum, d_theta, ck, cv, h, w, npw, n, **common)
     _bwd_dkdv_kernel[(triton.cdiv(n, bn), bsz)](
