@@ -11,6 +11,8 @@
 #   bash bench/gpu_session.sh profile            # torch.profiler tables of the model steps (bench/profile_model.py)
 #   bash bench/gpu_session.sh paired             # model steps of every eager impl timed in the same rounds
 #
+# bench/gpu_proof.sh is the one-call proof run (build, gpu tests, paired model ratios) with a summary.
+#
 # Every stage installs first if mdrnet_fast is not importable with its CUDA extension (ninja rebuilds only
 # what changed). Each stage runs under its own `timeout`, cut to what is left of DEADLINE seconds (default
 # 560, inside the device's 600 s limit), so the script always ends itself and packs its logs: everything
@@ -20,50 +22,14 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mdrnet-gpu-out}
 LOGS=$(mktemp -d /tmp/mdrnet-gpu-logs.XXXX)
 mkdir -p "$OUT"
-PY=${PY:-python3}
 DEADLINE=${DEADLINE:-560}
 XDIST=${XDIST:-8}
-export PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export TRITON_INTERPRET=0          # compiled Triton kernels (tests/conftest.py defaults to the interpreter)
-# the lent GPU image sets CC/CXX to a gcc in /opt/gcc that links libstdc++ statically: modules built with it
-# segfault on their first error message (setup.py refuses them); the system gcc links it dynamically
-export CC=${MDRNET_CC:-gcc} CXX=${MDRNET_CXX:-g++}
-DEV=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
+. bench/gpu_common.sh   # PY, the build environment, left, stage, install
+DEV=$(device_slug)
 DATE=$(date +%Y%m%d)
 STAGES=$(IFS=-; echo "$*")
 pack() { tar czf "$OUT/gpu-$STAGES-$DEV.tgz" -C "$LOGS" . ; }
 trap pack EXIT
-
-left() { echo $((DEADLINE - SECONDS)); }
-
-install() {
-  if "$PY" -c "import mdrnet_fast._C, mdrnet_fast._C_cuda" 2>/dev/null && [ "${1:-}" != force ]; then return 0; fi
-  echo "== install (MAX_JOBS=$MAX_JOBS, archs $TORCH_CUDA_ARCH_LIST)"
-  local t0=$SECONDS
-  "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__)" \
-    | tee "$LOGS/versions.txt"
-  nvidia-smi > "$LOGS/nvidia-smi.txt" 2>&1
-  if ! MDRNET_FAST_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$LOGS/install.log" 2>&1; then
-    tail -40 "$LOGS/install.log"; exit 1
-  fi
-  "$PY" -c "import json, mdrnet_fast; print(json.dumps(mdrnet_fast.backends(), indent=1))" > "$LOGS/backends.json"
-  echo "== install: $((SECONDS - t0)) s"
-}
-
-stage() {  # name, log, seconds, command...
-  local name=$1 log=$2 limit=$3; shift 3
-  local budget=$(( $(left) < limit ? $(left) : limit ))
-  if [ "$budget" -lt 20 ]; then echo "== $name: skipped, $(left) s left"; return 1; fi
-  echo "== $name (timeout $budget s)"
-  local t0=$SECONDS
-  timeout -k 5 "$budget" "$@" > "$LOGS/$log" 2>&1
-  local rc=$?
-  tail -"${TAIL:-15}" "$LOGS/$log"
-  echo "== $name: rc=$rc in $((SECONDS - t0)) s (log: $log)"
-  return $rc
-}
 
 bench_op() {  # op name as in the benchmark ids
   local json="$LOGS/$DEV-$1-$DATE.json"
@@ -113,7 +79,7 @@ for what in "$@"; do
       # do not depend on the machine staying at one speed through the run
       for mode in infer train; do
         impls=$([ "$mode" = infer ] && echo "reference auto auto+graph reference+graph cuda triton" \
-                || echo "reference auto cuda triton")
+                || echo "reference auto auto+graph cuda triton")
         TAIL=12 stage "paired model $mode" "paired-$mode.log" "${PAIRED_TIMEOUT:-150}" "$PY" bench/paired_ratios.py \
           --device cuda --model "${PAIRED_CONFIG:-paper:256:8}" --modes "$mode" --impls $impls --rounds 15 \
           --json "$LOGS/$DEV-paired-model-$mode-$DATE.json" || rc=1

@@ -1,11 +1,16 @@
 """Whole-model benchmarks of MDRNet: one training step and one inference forward, per implementation.
 
 Implementations: `reference` (every mdrnet_fast op in plain PyTorch), each fast backend that runs on the
-device, and `compile` (torch.compile(model) under the reference backend). Modes: `train` = the full-stage
-step of `mdrnet-fast train` (forward, generator loss of MDRNetLoss without VGG and InCo² plus the PatchGAN
-term and the parser's supervision, backward, Adam step, then the critic's update) and `infer` = eval mode,
-no_grad forward. Configurations: see CONFIGS below and bench/README.md (env MDRNET_FAST_BENCH_MODEL).
+device, and `compile` (torch.compile(model) under the reference backend). Variants, joined with "+": `+cl`
+(model and inputs in channels_last), `+compile` (torch.compile(model) under that backend: `auto+compile`),
+`+graph` (CUDA only: inference replayed by models.GraphedInference, the training step by
+models.graphed_train.GraphedTrainStep). Modes: `train` = the full-stage step of `mdrnet-fast train` (forward,
+generator loss of MDRNetLoss without VGG and InCo² plus the PatchGAN term and the parser's supervision,
+backward, Adam step, then the critic's update) and `infer` = eval mode, no_grad forward. Configurations: see
+CONFIGS below and bench/README.md (env MDRNET_FAST_BENCH_MODEL; MDRNET_FAST_BENCH_DTYPE=bf16 runs the forward
+and losses under bf16 autocast, as `mdrnet-fast train --amp bf16`).
 """
+import contextlib
 import copy
 import logging
 import os
@@ -23,6 +28,7 @@ from mdrnet_fast.data import FreeFormMasks
 from mdrnet_fast.data.synthetic import make_batch
 from mdrnet_fast.losses import LossWeights, MDRNetLoss, terms
 from mdrnet_fast.models import GraphedInference, MDRNet, PatchGAN
+from mdrnet_fast.models.graphed_train import GraphedTrainStep
 
 QUICK = os.environ.get("MDRNET_FAST_BENCH_QUICK", "0") == "1"
 # seconds of timed calls per benchmark, and the bounds on the round count it gives. A model step is
@@ -31,6 +37,9 @@ BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = (0.5, 2, 5) if QUICK else (2.0, 3, 20)
 BACKENDS_FOR = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 LR, BETAS = 2e-4, (0.9, 0.99)  # as `mdrnet-fast train`
 FOREACH = True  # as `mdrnet-fast train`: one multi-tensor Adam step instead of a Python loop over parameters
+# autocast dtype of the model steps, by name: fp32 = no autocast (the default), bf16 = `mdrnet-fast train --amp bf16`
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+VARIANTS = ("cl", "compile", "graph")
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,46 @@ def _devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _amp_dtype():
+    name = os.environ.get("MDRNET_FAST_BENCH_DTYPE", "fp32")
+    if name not in AMP_DTYPES:
+        raise ValueError(f"MDRNET_FAST_BENCH_DTYPE: {name!r} is not one of {sorted(AMP_DTYPES)}")
+    return AMP_DTYPES[name]
+
+
+def group_name(config, mode, device, amp=None):
+    """The benchmark group: model/<mode>/<tag>[-bf16]@<device> (fp32 rows keep the names they always had)."""
+    dtype = "" if amp is None else "-" + {v: k for k, v in AMP_DTYPES.items()}[amp]
+    return f"model/{mode}/{config.tag}{dtype}@{device}"
+
+
+def parse_impl(impl):
+    """'auto+cl+compile' -> ('auto', {'cl', 'compile'}); `compile` alone is reference+compile. ValueError in one
+    line for an unknown backend or variant, or graph with compile (torch.compile's own CUDA graphs are its
+    mode="reduce-overhead", not measured here)."""
+    base, *variants = impl.split("+")
+    variants = set(variants)
+    if base == "compile":
+        base, variants = "reference", variants | {"compile"}
+    if base not in _dispatch.BACKENDS or not variants <= set(VARIANTS):
+        raise ValueError(f"unknown implementation {impl!r}: a backend of {_dispatch.BACKENDS} or compile, then "
+                         f"any of +{', +'.join(VARIANTS)}")
+    if {"compile", "graph"} <= variants:
+        raise ValueError(f"{impl}: +graph and +compile do not combine here")
+    return base, variants
+
+
 def _impls(device):
     """Backends, each also with model and inputs in channels_last ("+cl"): the layout is a choice a user
     makes (`mdrnet-fast train --channels-last`), and both sides of every ratio can make it."""
     fast = [b for b in BACKENDS_FOR[device] if mdrnet_fast.backends()[b]["available"]]
     # on CUDA `auto` mixes backends per op (_dispatch._CUDA_ORDER): the row a user gets by default; "+graph":
-    # inference replayed from a CUDA graph (models.GraphedInference), for the reference and for auto alike
+    # the step replayed from a CUDA graph (models.GraphedInference, GraphedTrainStep), for the reference and for
+    # auto alike; "auto+compile": torch.compile of the model under auto (the CPU list leaves it out: one more
+    # cold compile of minutes on a small machine; bench/paired_ratios.py --impls takes it anywhere)
     auto = ["auto", "auto+graph", "reference+graph"] if device == "cuda" else []
-    return ["reference", "reference+cl", *[v for b in fast for v in (b, b + "+cl")], *auto, "compile"]
+    return ["reference", "reference+cl", *[v for b in fast for v in (b, b + "+cl")], *auto, "compile",
+            *(["auto+compile"] if device == "cuda" else [])]
 
 
 def pytest_generate_tests(metafunc):
@@ -95,8 +136,6 @@ def pytest_generate_tests(metafunc):
         for config in _configs(device):
             for mode in ("train", "infer"):
                 for impl in _impls(device):
-                    if mode == "train" and impl.endswith("+graph"):  # graphs are for inference here
-                        continue
                     params.append((config, mode, device, impl))
                     ids.append(f"model-{mode}-{config.tag}-{device}-{impl}")
     metafunc.parametrize("config,mode,device,impl", params, ids=ids)
@@ -132,16 +171,23 @@ def _quiet_criterion():
         log.setLevel(level)
 
 
-def _make_step(config, mode, device, impl):
-    """The function timed per round, its model, and the backend context it runs under."""
+def _make_step(config, mode, device, impl, amp=None):
+    """The function timed per round, and the backend it runs under. amp: autocast dtype of the forward and the
+    losses (None: fp32), as `mdrnet-fast train --amp`."""
+    backend, variants = parse_impl(impl)
+    if "graph" in variants and device != "cuda":
+        raise ValueError(f"{impl}: CUDA graphs need a CUDA device (--device cuda)")
     proto_model, proto_critic, inputs = _prototype(config)
-    impl, _, variant = impl.partition("+")
-    fmt = torch.channels_last if variant == "cl" else torch.contiguous_format
+    fmt = torch.channels_last if "cl" in variants else torch.contiguous_format
     model = copy.deepcopy(proto_model).to(device, memory_format=fmt)
     image, mask = (inputs[k].to(device).contiguous(memory_format=fmt) for k in ("image", "mask"))
     labels = inputs["labels"].to(device)
-    backend = "reference" if impl == "compile" else impl
-    if impl == "compile":
+
+    def autocast(cache_enabled=True):  # a graph capture needs the weight-cast cache off
+        return (torch.autocast(device, amp, cache_enabled=cache_enabled) if amp is not None
+                else contextlib.nullcontext())
+
+    if "compile" in variants:
         torch._dynamo.reset()  # a fresh compile per benchmark: no recompile limits or guards carried over
         # compiled is an OptimizedModule sharing model's parameters; criterion below uses model.parser
         # eagerly, as `mdrnet-fast train` would with a compiled model
@@ -149,8 +195,9 @@ def _make_step(config, mode, device, impl):
     else:
         forward = model
 
-    if mode == "infer" and variant == "graph":
-        with mdrnet_fast.use_backend(backend):  # the graph replays the kernels of the backend it was captured with
+    if mode == "infer" and "graph" in variants:
+        # the graph replays the kernels of the backend (and the autocast) it was captured under
+        with mdrnet_fast.use_backend(backend), autocast(cache_enabled=False):
             graphed = GraphedInference(model, image, mask, clone=False)
 
         def step():
@@ -162,7 +209,7 @@ def _make_step(config, mode, device, impl):
         model.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 forward(image, mask)
             _sync(device)
 
@@ -170,22 +217,43 @@ def _make_step(config, mode, device, impl):
 
     model.train()
     critic = copy.deepcopy(proto_critic).to(device, memory_format=fmt).train()
-    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, foreach=FOREACH)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=LR, betas=BETAS, foreach=FOREACH)
+    # a graph needs Adam's step count on the GPU (capturable); the eager rows keep `mdrnet-fast train`'s Adam
+    capturable = "graph" in variants
+    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, foreach=FOREACH, capturable=capturable)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=LR, betas=BETAS, foreach=FOREACH, capturable=capturable)
     criterion = _quiet_criterion()
+    keep = {}
+
+    # the full stage of commands/train.py with ground-truth parsing maps (as its synthetic default has)
+    def generator_loss(b):
+        out = keep["out"] = forward(b["image"], b["mask"])
+        loss, _ = criterion.generator(out, b["image"], b["mask"], b["labels"], model.parser, critic)
+        return loss + terms.semantic(model.parser(b["image"]), b["labels"])
+
+    def critic_loss(b):
+        return criterion.critic(critic, b["image"], keep["out"].output)
+
+    batch = {"image": image, "mask": mask, "labels": labels}
+    stages = [(generator_loss, opt), (critic_loss, critic_opt)]
+    if "graph" in variants:
+        with mdrnet_fast.use_backend(backend):
+            graphed = GraphedTrainStep((model, critic), generator_loss, opt, batch, then=stages[1:], amp_dtype=amp,
+                                       clone=False)
+
+        def step():
+            graphed(batch)
+            _sync(device)
+
+        return step, backend
 
     def step():
-        # the full stage of commands/train.py with ground-truth parsing maps (as its synthetic default has)
-        out = forward(image, mask)
-        loss, _ = criterion.generator(out, image, mask, labels, model.parser, critic)
-        loss = loss + terms.semantic(model.parser(image), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        d_loss = criterion.critic(critic, image, out.output)
-        critic_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        critic_opt.step()
+        for loss_fn, optimizer in stages:  # generator, then critic: forward and loss under autocast, as train.py
+            with autocast():
+                loss = loss_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        keep.clear()  # the output is not held into the next step's forward (it would count in its peak)
         _sync(device)
 
     return step, backend
@@ -210,7 +278,8 @@ def _record_kernels(monkeypatch, backend):
 
 
 def test_model(benchmark, monkeypatch, config, mode, device, impl):
-    step, backend = _make_step(config, mode, device, impl)
+    amp = _amp_dtype()
+    step, backend = _make_step(config, mode, device, impl, amp)
 
     def run():
         with mdrnet_fast.use_backend(backend):
@@ -221,7 +290,7 @@ def test_model(benchmark, monkeypatch, config, mode, device, impl):
     try:
         run()  # torch.compile compiles here (forward and, in train, backward); Adam creates its state
     except Exception as exc:
-        if impl == "compile":
+        if "compile" in impl:
             pytest.skip(f"torch.compile failed: {type(exc).__name__}: {exc}")
         raise
     monkeypatch.undo()
@@ -233,14 +302,15 @@ def test_model(benchmark, monkeypatch, config, mode, device, impl):
     if device == "cuda":
         # the peak of the timed rounds alone (parameters, optimizer state and activations), not of compiling
         torch.cuda.reset_peak_memory_stats()
-    benchmark.group = f"model/{mode}/{config.tag}@{device}"
+    benchmark.group = group_name(config, mode, device, amp)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     # peak memory is measured on CUDA only: the CPU allocator keeps no peak statistic (None = not measured)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None
     mean = benchmark.stats.stats.mean
-    info = dict(impl=impl, backend=backend_name, layout="channels_last" if impl.endswith("+cl") else "nchw",
+    info = dict(impl=impl, backend=backend_name, layout="channels_last" if "cl" in parse_impl(impl)[1] else "nchw",
                 model="MDRNet", mode=mode, preset=config.preset, image_size=config.size,
-                batch=config.batch, shape=config.tag, device=device, dtype="float32",
+                batch=config.batch, shape=config.tag, device=device,
+                dtype="float32" if amp is None else str(amp).replace("torch.", ""),
                 threads=torch.get_num_threads(), images_per_s=config.batch / mean if mean else None,
                 peak_mem_mib=peak, quick=QUICK)
     if asked is not None:  # fast backends: which kernels of the step are its own, which the composite path
