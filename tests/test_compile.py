@@ -72,3 +72,33 @@ def test_autocast_bf16_follows_reference(backend):
     assert out.dtype == ref.dtype == torch.bfloat16 and out_g.dtype == torch.bfloat16
     assert ((out.float() - ref.float()).abs().max() / ref.float().abs().max()) < 1e-2
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", fast_backends("partial_conv2d"))
+def test_whole_model_compiles_fullgraph_and_equals_eager(backend):
+    """torch.compile(model, fullgraph=True): the whole MDRNet forward is one graph (no graph break) under every
+    fast backend here, and its output and parameter gradients equal eager's."""
+    from mdrnet_fast.commands.common import PRESETS
+    from mdrnet_fast.models import MDRNet
+
+    torch.manual_seed(0)
+    # eval mode: in training the forward also writes the memory bank, and each run below would see another one
+    model = MDRNet(**(PRESETS["cpu-demo"] | {"image_size": 32})).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = (torch.rand(2, 1, 32, 32) > 0.3).float()
+    with mdrnet_fast.use_backend(backend):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model)(x, mask)
+        assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+        eager = model(x, mask).output
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(eager.square().sum(), params, allow_unused=True)
+        torch._dynamo.reset()
+        out = torch.compile(model, fullgraph=True, backend="aot_eager")(x, mask).output
+        cgrads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+    for p, a, b in zip(params, cgrads, grads):  # an unused parameter: None in eager, zeros compiled
+        torch.testing.assert_close(a if a is not None else torch.zeros_like(p),
+                                   b if b is not None else torch.zeros_like(p), rtol=1e-3, atol=1e-4)

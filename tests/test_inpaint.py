@@ -199,6 +199,21 @@ def test_progress_per_stage_on_a_large_full_run(model, capsys):
     assert "1024x1024" in err and "stage" in err and "refine" in err
 
 
+@pytest.mark.slow
+def test_compiled_model_fills_as_eager(model, tmp_path):
+    """inpaint --compile (load_model(compile=True): nn.Module.compile, inductor) gives the eager fill."""
+    from mdrnet_fast.inpainting import load_model
+
+    h, w = 48, 80
+    image, holes = photo(h, w, 3), holes_of(h, w, 3)
+    torch.save({"stage": "full", "step": 0, "config": PRESETS["cpu-demo"], "model": model.state_dict()},
+               tmp_path / "m.ckpt")
+    compiled = load_model(tmp_path / "m.ckpt", compile=True)
+    got = mdrnet_fast.inpaint(compiled, image, ~holes, "full", "fp32")
+    expected = mdrnet_fast.inpaint(model, image, ~holes, "full", "fp32")
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
 def test_command_runs_the_api_with_its_flags(model, tmp_path):
     h, w = 90, 130
     image, holes = photo(h, w), holes_of(h, w)

@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
                    help=f"also print ShowFace's Table 1 for that dataset ({', '.join(sorted(DATASETS))}) with this "
                         "checkpoint's row beside the paper's methods")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model: each image size compiles once "
+                   "(minutes on a CPU), then the passes run compiled")
     p.add_argument("--no-progress", action="store_true")
     add_backend_argument(p)
     p.set_defaults(func=run)
@@ -79,7 +81,7 @@ def run(args) -> int:
     inception, lpips, notes = _networks(args)  # bad weight files fail before the model loads
     masks = mask_source(args.masks, args.mask_seed, args.invert_masks)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.checkpoint, device)
+    model = load_model(args.checkpoint, device, compile=args.compile)
     if args.image_size and args.image_size % model.size_multiple:
         raise CommandError(f"--image-size must be a multiple of {model.size_multiple}, got {args.image_size}")
     images = folder_images(args.data) if args.data else synthetic_images(args.image_size or model.image_size,

@@ -54,6 +54,8 @@ def add_parser(sub) -> None:
                    "folder when --image is a folder")
     add_backend_argument(p)
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model: each image size compiles once "
+                   "(minutes on a CPU); for many images of one size, not one large photo (no low-memory bands)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -119,7 +121,7 @@ def run(args) -> int:
     if any(job.out.suffix.lower() in (".jpg", ".jpeg") for job in jobs):
         print("note: JPEG is lossy, so the known pixels of the output are not the input's bit for bit; "
               ".png, .webp and .tif keep them")
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, compile=args.compile)
     folder = len(jobs) > 1 or Path(args.image).is_dir()
     failed = 0
     for job in tqdm(jobs, desc="images", unit="image", disable=args.no_progress or not folder):
