@@ -39,7 +39,8 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
+    """"fp32" for None (no autocast), else the autocast dtype's short name."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

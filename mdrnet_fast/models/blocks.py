@@ -1,6 +1,10 @@
 """Building blocks shared by the MDRNet sub-networks."""
+import contextlib
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..nn import SPADE, GatedConv2d
 
@@ -52,3 +56,26 @@ def conv_block(cin, cout, k=3, stride=1, norm=True, act="relu"):
     elif act == "lrelu":
         layers.append(nn.LeakyReLU(0.2, inplace=True))
     return nn.Sequential(*layers)
+
+
+def checkpointed(fn, *args, stateful=()):
+    """fn(*args) under activation checkpointing (torch.utils.checkpoint, use_reentrant=False): only the inputs are
+    kept for the backward, which runs fn again to get the rest. `stateful`: modules whose buffers fn updates in
+    training (batch norms' running statistics): the recomputation would update them a second time, so their
+    buffers are put back as they were after it."""
+    if not stateful or torch.compiler.is_compiling():
+        # compiled, the recomputation is the partitioner's, of a functional graph: no buffer is updated twice
+        return checkpoint(fn, *args, use_reentrant=False)
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _buffers_restored(stateful)))
+
+
+@contextlib.contextmanager
+def _buffers_restored(modules):
+    saved = [(b, b.clone()) for m in modules for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)

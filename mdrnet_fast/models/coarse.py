@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import PartialConv2d
+from .blocks import checkpointed
 from .lean import conv_in_row_bands, upsample_cat, upsample_cat_rows, wants_bands
 
 
@@ -20,7 +21,12 @@ class PartialConvUNet(nn.Module):
 
     Masks are multi-channel (one per feature channel) as in the original. forward(image, mask) with
     image (B,3,H,W) in [-1,1] and mask (B,1,H,W), 1 = valid; H and W multiples of 2**depth.
+
+    `checkpoint_activations = True` recomputes each level's activations in the backward instead of keeping them
+    (less memory, about one more forward of time); a runtime switch, off by default and in no state_dict.
     """
+
+    checkpoint_activations = False
 
     def __init__(self, in_channels=3, out_channels=3, base_channels=64, depth=7, max_channels=512):
         super().__init__()
@@ -49,9 +55,12 @@ class PartialConvUNet(nn.Module):
         # keeps that layout (an expanded view would make the concatenations, and the convs, NCHW)
         h, m = image, torch.empty_like(image).copy_(mask.expand(-1, image.shape[1], -1, -1))
         feats, masks = [h], [m]
+        recompute = self.checkpoint_activations and torch.is_grad_enabled()
         for conv, bn in zip(self.enc, self.enc_bn):
-            h, m = conv(h, m)
-            h = F.relu(bn(h))
+            if recompute:
+                h, m = checkpointed(_down, conv, bn, h, m, stateful=(bn,))
+            else:
+                h, m = _down(conv, bn, h, m)
             feats.append(h)
             masks.append(m)
         feats.pop(), masks.pop()
@@ -59,7 +68,10 @@ class PartialConvUNet(nn.Module):
             # cat(upsample(h), skip) with no upsampled copy, in an inference in bands of rows (models/lean.py):
             # at full resolution the concatenations of features and masks are 67-channel maps
             skip, skip_mask = feats.pop(), masks.pop()
-            if wants_bands(h):
+            last = j == self.depth - 1
+            if recompute:  # the level's batch norm and activation are in the recomputed part too
+                h, m = checkpointed(_up, conv, bn, last, h, m, skip, skip_mask, stateful=(bn,))
+            elif wants_bands(h):
                 sources = [upsample_cat_rows(h, skip), upsample_cat_rows(m, skip_mask)]
                 h, m = conv_in_row_bands(conv, sources, h, skip.shape[-2:], 3 * conv.in_channels)
             else:
@@ -68,6 +80,19 @@ class PartialConvUNet(nn.Module):
                 h, m = conv(x, mx)
                 del x, mx
             del skip, skip_mask
-            if j < self.depth - 1:
+            if not (last or recompute):
                 h = F.leaky_relu(bn(h), 0.2)
         return h
+
+
+def _down(conv, bn, h, m):
+    """An encoder level: stride-2 partial conv, batch norm, ReLU."""
+    h, m = conv(h, m)
+    return F.relu(bn(h)), m
+
+
+def _up(conv, bn, last, h, m, skip, skip_mask):
+    """A decoder level (its training form): upsample and concatenate the skips, partial conv, batch norm and
+    leaky ReLU but for the last level."""
+    h, m = conv(upsample_cat(h, skip), upsample_cat(m, skip_mask))
+    return (h, m) if last else (F.leaky_relu(bn(h), 0.2), m)

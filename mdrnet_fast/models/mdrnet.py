@@ -63,6 +63,17 @@ class MDRNet(nn.Module):
         self.refine = GuidedRefinementNetwork(base_channels, feature_down, gated_blocks, spade_blocks,
                                               style_channels, spade_hidden)
 
+    @property
+    def checkpoint_activations(self) -> bool:
+        """Activation checkpointing of the coarse U-Net and the refinement network (their largest maps), set on
+        both at once: less memory in training for a second forward of theirs in the backward. Off by default;
+        not in the config or the state_dict, so it changes nothing a checkpoint holds."""
+        return self.coarse.checkpoint_activations and self.refine.checkpoint_activations
+
+    @checkpoint_activations.setter
+    def checkpoint_activations(self, enabled: bool) -> None:
+        self.coarse.checkpoint_activations = self.refine.checkpoint_activations = bool(enabled)
+
     def _coarse_face(self, image, mask):
         """(mask in image's dtype, the coarse network's face, P = that face with the known pixels kept)."""
         if image.dim() != 4 or image.shape[1] != 3:

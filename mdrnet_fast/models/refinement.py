@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import GatedConv2d
-from .blocks import GatedResBlock, SPADEResBlock, conv_block
+from .blocks import GatedResBlock, SPADEResBlock, checkpointed, conv_block
 from .lean import conv_in_row_bands, upsampled_rows, wants_bands
 
 
@@ -27,7 +27,13 @@ class StyleEncoder(nn.Module):
 
 class GuidedRefinementNetwork(nn.Module):
     """Gated-conv encoder on P (+ mask channel), gated residual blocks, SPADE residual blocks fed by the
-    MREM features F_f, gated-conv decoder -> the refined face (tanh)."""
+    MREM features F_f, gated-conv decoder -> the refined face (tanh).
+
+    `checkpoint_activations = True` recomputes each block's activations (every encoder and decoder conv, every
+    residual block) in the backward instead of keeping them; a runtime switch, off by default and in no state_dict.
+    """
+
+    checkpoint_activations = False
 
     def __init__(self, base_channels=64, down=2, gated_blocks=4, spade_blocks=2, cond_channels=256,
                  spade_hidden=128, in_channels=4, out_channels=3):
@@ -48,15 +54,22 @@ class GuidedRefinementNetwork(nn.Module):
         self.out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     def forward(self, coarse, mask, cond):
+        # no buffers anywhere here (SPADE's instance norm keeps no statistics): nothing to restore after a recompute
+        run = checkpointed if self.checkpoint_activations and torch.is_grad_enabled() else _call
         h = torch.cat([coarse, mask.to(coarse.dtype)], 1)
         for conv in self.encoder:
-            h = _gated(conv, h)
-        h = self.gated(h)
+            h = run(_gated, conv, h)
+        for block in self.gated:
+            h = run(block, h)
         for block in self.spade:
-            h = block(h, cond)
+            h = run(block, h, cond)
         for conv in self.decoder:
-            h = _gated(conv, h, upsample=2)
+            h = run(_gated, conv, h, 2)
         return torch.tanh(self.out(h))
+
+
+def _call(fn, *args):
+    return fn(*args)
 
 
 def _gated(conv: GatedConv2d, x, upsample=1):
