@@ -20,6 +20,8 @@
 #   5. model train bf16   as 3, one training step (generator and critic; +graph = GraphedTrainStep)
 #   6. model infer fp32, 7. model train fp32: only when FP32_MIN_S seconds are left
 #   8. attention bf16     when time is left
+#   9. train memory 1024  bench/train_memory.py: peak GPU memory of one training step at 1024², reference vs auto,
+#                   with and without --checkpoint-activations, when time is left
 # Output, all in $OUT: summary.md (plan, stage table, test outcome, ratio tables), <device>-paired-*.json (the
 # rows), logs/ (one log per stage, stages.tsv, versions, nvidia-smi, backends.json, gpu-tests.xml).
 # Caps (seconds, env): BUILD_S TESTS_S INFER_S TRAIN_S ATTN_S; rounds: INFER_ROUNDS TRAIN_ROUNDS ATTN_ROUNDS.
@@ -39,7 +41,8 @@ ATTN_K=${ATTN_K:-strokes25}   # the patch attention cases with the training's st
 TESTS_K=${TESTS_K:-(not fp64 and not fp16) or chunked_math}
 TEST_FILES=${TEST_FILES:-tests/test_cuda_kernels.py tests/test_cuda_epilogues.py tests/test_triton_kernels.py \
 tests/test_triton_conv.py tests/test_triton_patch_attention.py tests/test_patch_attention_sdpa.py tests/test_gpu_async.py \
-tests/test_graphed_train.py tests/test_model.py tests/test_eager_path.py}
+tests/test_graphed_train.py tests/test_model.py tests/test_eager_path.py tests/test_low_precision.py \
+tests/test_training.py}
 # Caps sized from the last GPU session (bench/results/nvidia-h100-80gb-hbm3-20261124-session.md, H100): the build
 # took 77-81 s; all 1067 gpu tests 101 s on 8 workers (fp64/fp16 are left out here); a paper 256² B8 fp32 step
 # 99 ms train, 31 ms infer (so 20 rounds of 5 impls: 10 s and 3 s); a cold torch.compile of the model is what
@@ -49,6 +52,7 @@ TESTS_S=${TESTS_S:-110}; TESTS_EXPECT=80
 INFER_S=${INFER_S:-90}; INFER_ROUNDS=${INFER_ROUNDS:-20}
 TRAIN_S=${TRAIN_S:-120}; TRAIN_ROUNDS=${TRAIN_ROUNDS:-15}
 ATTN_S=${ATTN_S:-35}; ATTN_ROUNDS=${ATTN_ROUNDS:-20}
+TRAINMEM_S=${TRAINMEM_S:-60}   # 4 fresh processes: import, model build, one step each
 FP32_MIN_S=${FP32_MIN_S:-60}
 PY_STARTUP_S=${PY_STARTUP_S:-15}   # paired_ratios.py's import and model build, outside its --budget-s
 
@@ -69,6 +73,7 @@ plan() {
   echo "| model train bf16 ($TRAIN_ROUNDS rounds) | $TRAIN_S | $TRAIN_S | rounds ~8 s; compiles of fwd+bwd cut by --budget-s |"
   echo "| model infer/train fp32 | $INFER_S / $TRAIN_S | - | only with >= $FP32_MIN_S s left |"
   echo "| attention bf16 | $ATTN_S | - | with what is left |"
+  echo "| train memory 1024² (4 processes) | $TRAINMEM_S | - | with what is left |"
   echo
   echo "DEADLINE=$DEADLINE s, RESERVE=$RESERVE s for the summary, a stage needs >= $MIN_STAGE_S s"
 }
@@ -189,4 +194,8 @@ for mode in infer train; do
   fi
 done
 attention bf16
+# 9. peak GPU memory of one paper-preset training step at 1024², batch 1: reference vs auto, with and without
+#    --checkpoint-activations (each in a fresh process; what the largest-batch-at-1024² target starts from)
+TAIL=12 stage "train memory 1024" train-memory.log "$TRAINMEM_S" "$PY" bench/train_memory.py --sizes 1024 --batch 1 \
+  --threads 8 --max-minutes 1 --json "$OUT/$DEV-train-memory-1024-$DATE.json"
 ! cut -f2 "$LOGS/stages.tsv" | grep -qx failed   # rc 1 when a stage failed (cut and skipped ones do not count)

@@ -37,6 +37,10 @@ elif argv[:2] == ["-m", "pytest"]:
     print("[gw0] [ 50%] PASSED tests/test_gpu_async.py::test_a")
     print("[gw1] [100%] FAILED tests/test_model.py::test_b")
     print("==== 1 failed, 1 passed in 0.10s ====")
+elif argv and argv[0].endswith("train_memory.py"):
+    with open(argv[argv.index("--json") + 1], "w") as f:
+        json.dump({{"meta": {{}}, "rows": []}}, f)
+    print("| size | backend | checkpoint activations | peak RSS (GiB) |")
 elif argv and argv[0].endswith("paired_ratios.py"):
     group = "model/x" if "--model" in argv else "masked_patch_attention/fwd/x"
     with open(argv[argv.index("--json") + 1], "w") as f:
@@ -73,6 +77,8 @@ def _what(call):
         return "pip"
     if call[:2] == ["-m", "pytest"]:
         return "pytest"
+    if call[0].endswith("train_memory.py"):
+        return "train-memory"
     if call[0].endswith("paired_ratios.py"):
         if "--model" in call:
             return f"model-{call[call.index('--modes') + 1]}-{call[call.index('--dtype') + 1]}"
@@ -86,10 +92,11 @@ def test_every_stage_runs_in_order_and_the_summary_has_them(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert [_what(c) for c in calls if _what(c) != "py-c"] == [
         "pip", "pytest", "model-infer-bf16", "attention-fp32", "model-train-bf16", "model-infer-fp32",
-        "model-train-fp32", "attention-bf16"]
+        "model-train-fp32", "attention-bf16", "train-memory"]
     assert [(s[0], s[1]) for s in stages] == [
         ("build", "ok"), ("gpu tests", "ok"), ("model infer bf16", "ok"), ("attention fp32", "ok"),
-        ("model train bf16", "ok"), ("model infer fp32", "ok"), ("model train fp32", "ok"), ("attention bf16", "ok")]
+        ("model train bf16", "ok"), ("model infer fp32", "ok"), ("model train fp32", "ok"), ("attention bf16", "ok"),
+        ("train memory 1024", "ok")]
     pip, pytest_call, infer = (next(c for c in calls if _what(c) == w) for w in ("pip", "pytest", "model-infer-bf16"))
     assert pip == ["-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]
     assert pytest_call[:4] == ["-m", "pytest", "-m", "gpu"] and "tests/test_gpu_async.py" in pytest_call
@@ -106,7 +113,8 @@ def test_every_stage_runs_in_order_and_the_summary_has_them(tmp_path):
     assert "tests/test_not_in_this_checkout.py" in summary
     assert "reference      1.000 ms" in summary and "warming up" not in summary
     jsons = sorted(p.name for p in out.glob("*.json"))
-    assert len(jsons) == 6 and all(n.startswith("stub-gpu-80gb-paired-") for n in jsons)
+    assert len(jsons) == 7 and sum(n.startswith("stub-gpu-80gb-paired-") for n in jsons) == 6
+    assert any(n.startswith("stub-gpu-80gb-train-memory-1024-") for n in jsons)
     assert {"versions.txt", "nvidia-smi.txt", "backends.json", "build.log", "gpu-tests.log"} <= \
         {p.name for p in (out / "logs").iterdir()}
     assert "3.12.3 2.11.0+cu130" in (out / "logs" / "versions.txt").read_text()
@@ -120,7 +128,7 @@ def test_a_short_deadline_cuts_a_stage_skips_the_rest_and_still_writes_the_summa
     assert [(s[0], s[1]) for s in stages] == [
         ("build", "ok"), ("gpu tests", "cut"), ("model infer bf16", "skipped"), ("attention fp32", "skipped"),
         ("model train bf16", "skipped"), ("model infer fp32", "skipped"), ("model train fp32", "skipped"),
-        ("attention bf16", "skipped")]
+        ("attention bf16", "skipped"), ("train memory 1024", "skipped")]
     summary = (out / "summary.md").read_text()
     assert "| gpu tests | cut | 124 |" in summary and "| model train bf16 | skipped |" in summary
     assert not list(out.glob("*.json"))
