@@ -29,12 +29,16 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _proc_mib(path: str, key: str, missing: float) -> float:
+    """The kB field `key` of a /proc file, in MiB (`missing` if the file or the field is not there)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return missing
 
 
 def _child(args) -> None:
@@ -50,7 +54,7 @@ def _child(args) -> None:
                           checkpoint_activations=args.checkpoint_activations)
         trainer = Trainer(cfg)
         batch = next(trainer.batches)
-        before = _rss_mib()
+        before = _proc_mib("/proc/self/status", "VmRSS:", float("nan"))
         cuda = torch.cuda.is_available()
         gpu_before = torch.cuda.memory_allocated() / 2 ** 20 if cuda else None
         trainer.model.train()
@@ -68,25 +72,6 @@ def _child(args) -> None:
                       "torch_threads": torch.get_num_threads()}))
 
 
-def _mem_available_mib() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return float("inf")
-
-
-def _proc_rss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _measure(size, backend, ckpt, args) -> dict:
     """Runs one configuration in a fresh process, watching its time and memory."""
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--backend", backend, "--threads", str(args.threads),
@@ -99,13 +84,13 @@ def _measure(size, backend, ckpt, args) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     start, watched = time.time(), 0.0
     while proc.poll() is None:
-        watched = max(watched, _proc_rss_mib(proc.pid))
+        watched = max(watched, _proc_mib(f"/proc/{proc.pid}/status", "VmRSS:", 0.0))
         why = None
         if time.time() - start > args.max_minutes * 60:
             why = f"over {args.max_minutes:g} minutes"
         elif watched > args.max_gib * 1024:
             why = f"over {args.max_gib:g} GiB RSS"
-        elif _mem_available_mib() < 1024:
+        elif _proc_mib("/proc/meminfo", "MemAvailable:", float("inf")) < 1024:
             why = f"the machine fell under 1 GiB free at {watched / 1024:.1f} GiB RSS"
         if why:
             proc.kill()

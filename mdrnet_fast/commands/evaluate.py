@@ -92,7 +92,7 @@ def run(args) -> int:
         inception = None
     elif inception is not None and n < PAPER_IMAGES:
         notes.append(f"FID from {n} images is biased upward: the paper's come from {PAPER_IMAGES:,}")
-    for bin_name in getattr(masks, "empty_bins", lambda: [])():
+    for bin_name in masks.empty_bins():
         notes.append(f"bin {bin_name} left out: no mask of --masks falls in it")
     dtype = resolve_precision(args.precision, device)
     print(f"{n} images, {masks.describe()}; precision {args.precision} -> {precision_name(dtype)}")

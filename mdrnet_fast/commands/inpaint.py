@@ -14,11 +14,10 @@ import torch
 
 from ..inpainting import (PRECISIONS, STRATEGIES, load_model, read_image, read_mask, read_segmentation, save_image,
                           save_segmentation, segment)
-from ..inpainting.images import check_output_path
+from ..inpainting.images import IMAGE_EXTENSIONS, check_output_path
 from ..inpainting.segmentation import FORMATS as SEGMENTATION_FORMATS
 from .common import CommandError, add_backend_argument, check_minimum
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def add_parser(sub) -> None:

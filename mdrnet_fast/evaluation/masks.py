@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data import RATIO_BINS, FreeFormMasks
-from ..inpainting.images import read_mask, valid_map
+from ..inpainting.images import IMAGE_EXTENSIONS, read_mask, valid_map
 
-MASK_EXTENSIONS = (".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jpg", ".jpeg")
+MASK_EXTENSIONS = IMAGE_EXTENSIONS + (".gif",)  # mask sets are often GIFs
 
 
 class DrawnMasks:
@@ -24,6 +24,9 @@ class DrawnMasks:
 
     def describe(self) -> str:
         return f"free-form masks drawn at each image's size, --mask-seed {self.seed}"
+
+    def empty_bins(self) -> List[str]:
+        return []  # every bin draws its own
 
     def valid(self, k: int, index: int, size: Tuple[int, int]) -> np.ndarray:
         """(H,W) bool, True = valid."""

@@ -31,8 +31,8 @@ class EvalImages:
 @dataclass
 class BinResult:
     """One bin's per-image scores, FID of the bin, and the first images for its sample grid."""
-    scores: Dict[str, List[float]] = field(default_factory=lambda: {m: [] for m in ("l1_percent", "psnr", "ssim",
-                                                                                   "lpips")})
+    # per-image metrics; FID is of the whole bin
+    scores: Dict[str, List[float]] = field(default_factory=lambda: {m: [] for m in METRICS if m != "fid"})
     fid: Optional[float] = None
     samples: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
@@ -81,10 +81,8 @@ def evaluate(model, images: EvalImages, masks, *, limit: int, batch_size: int = 
 
     device = next(model.parameters()).device
     dtype = resolve_precision(precision, device)
-    empty = set(masks.empty_bins()) if hasattr(masks, "empty_bins") else set()
-    fid = _fid_metric(inception.to(device)) if inception is not None else None
-    if fid is not None:
-        fid = fid.to(device)
+    empty = set(masks.empty_bins())
+    fid = _fid_metric(inception).to(device) if inception is not None else None
     if lpips is not None:
         lpips = lpips.to(device)
     n = min(limit, images.count)

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..inpainting.images import read_image, to_pixels
+from ..inpainting.images import IMAGE_EXTENSIONS, read_image, to_pixels
 from .runner import EvalImages
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def folder_images(root) -> EvalImages:

@@ -16,6 +16,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # what `--out` may end with, and the Pillow format written for each
+# the files a folder of images (or masks) is read for
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
                   ".jpeg": "JPEG"}
 # the grey modes and the mode each is read as ("1" as L, 32-bit "I" as 16-bit); any other mode is read as RGB,

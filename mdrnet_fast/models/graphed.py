@@ -9,6 +9,15 @@ import torch
 from .mdrnet import MDRNetOutput
 
 
+def check_as_captured(name: str, new, old: torch.Tensor, who: str = "") -> None:
+    """ValueError unless `new` is a tensor of the captured input `old`'s shape, dtype and device: a graph replays
+    on the buffers it captured."""
+    if isinstance(new, torch.Tensor) and (new.shape, new.dtype, new.device) == (old.shape, old.dtype, old.device):
+        return
+    got = f"{tuple(new.shape)} {new.dtype} on {new.device}" if isinstance(new, torch.Tensor) else type(new).__name__
+    raise ValueError(f"{who}{name} must be {tuple(old.shape)} {old.dtype} on {old.device} as at capture, got {got}")
+
+
 class GraphedInference:
     """graphed = GraphedInference(model, image, mask[, segmentation]); out = graphed(image, mask[, segmentation])
 
@@ -47,9 +56,7 @@ class GraphedInference:
                 raise ValueError(f"{name} must be {'given' if old is not None else 'None'}, as at capture")
             if new is None:
                 continue
-            if new.shape != old.shape or new.dtype != old.dtype or new.device != old.device:
-                raise ValueError(f"{name} must be {tuple(old.shape)} {old.dtype} on {old.device} as at capture, got "
-                                 f"{tuple(new.shape)} {new.dtype} on {new.device}")
+            check_as_captured(name, new, old)
             old.copy_(new)
         self.graph.replay()
         if not self.clone:

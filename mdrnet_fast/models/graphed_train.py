@@ -17,6 +17,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import torch
 import torch.nn as nn
 
+from .graphed import check_as_captured
+
 Batch = Mapping[str, torch.Tensor]
 LossFn = Callable[[Batch], torch.Tensor]
 
@@ -55,13 +57,7 @@ def match_batch(static: Mapping[str, torch.Tensor], batch) -> None:
         raise ValueError(f"GraphedTrainStep: the batch must have the keys {sorted(static)} as at capture, "
                          f"got {sorted(batch)}")
     for name, old in static.items():
-        new = batch[name]
-        if not isinstance(new, torch.Tensor) or new.shape != old.shape or new.dtype != old.dtype \
-                or new.device != old.device:
-            got = (f"{tuple(new.shape)} {new.dtype} on {new.device}" if isinstance(new, torch.Tensor)
-                   else type(new).__name__)
-            raise ValueError(f"GraphedTrainStep: {name} must be {tuple(old.shape)} {old.dtype} on {old.device} "
-                             f"as at capture, got {got}")
+        check_as_captured(name, batch[name], old, "GraphedTrainStep: ")
 
 
 class GraphedTrainStep:
